@@ -1,0 +1,51 @@
+# normrepro — every stage is a file target; `make help` lists the public ones.
+#
+# On a fresh machine every public target bootstraps the environment itself: anything that runs
+# Python depends on $(SETUP), the stamp of `make setup`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+SETUP   := $(VENV)/.setup-stamp
+PROFILE ?= auto
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k norms"`.
+PYTEST_ARGS ?=
+
+# fairseq wheels (ve-fairseq) exist only for CPython 3.11 and 3.12.
+PYTHON_FOR_VENV ?= $(shell for p in python3.11 python3.12 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info[:2] not in ((3,11),(3,12)))' 2>/dev/null && { echo $$p; break; }; done)
+
+.PHONY: help setup test bench-norms clean-results
+
+help: ## list the public targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-24s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=smoke|cpu|gpu|paper|auto (default auto), DATASET=..., SEEDS=..."
+
+setup: $(SETUP) ## create .venv (Python 3.11/3.12) and install normrepro[dev] in editable mode
+
+$(SETUP): pyproject.toml
+	@if [ -z "$(PYTHON_FOR_VENV)" ]; then \
+		echo "error: normrepro needs CPython 3.11 or 3.12 (fairseq wheels exist only for those);" >&2; \
+		echo "       install one, or point PYTHON_FOR_VENV=/path/to/python3.11 at it." >&2; exit 2; fi
+	@$(PYTHON_FOR_VENV) -c 'import sys; v=sys.version_info[:2]; sys.exit(0 if v in ((3,11),(3,12)) else print(f"error: PYTHON_FOR_VENV is Python {v[0]}.{v[1]}; normrepro needs 3.11 or 3.12", file=sys.stderr) or 2)'
+	test -x $(PY) || $(PYTHON_FOR_VENV) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install -e '.[dev]'
+	$(PY) -c "from normrepro.norms import create_norm, NORM_NAMES; import fairseq, lightning, timm, sacrebleu"
+	touch $@
+
+test: $(SETUP) ## run the test suite (CPU, tiny synthetic data)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-norms: $(SETUP) ## time fwd+bwd of every sequence norm vs torch LayerNorm -> results/bench/norms.json
+	$(PY) -m normrepro.bench_norms --out results/bench/norms.json
+
+clean-results: ## delete results/ (keeps data/ and .venv)
+	rm -rf results
+
+# Each replication's pipeline lives next to its configs.
+-include replications/*/pipeline.mk

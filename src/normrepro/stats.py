@@ -1,0 +1,72 @@
+"""Seeds → mean, standard deviation and Student-t 95% confidence intervals.
+
+Used by both replications' summary stages so the same statistics back every table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import numpy as np
+from scipy import stats as _st
+
+
+def _clean(values: Iterable[float]) -> np.ndarray:
+    arr = np.asarray([float(v) for v in values], dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def summarize(values: Iterable[float], confidence: float = 0.95) -> dict:
+    """n, mean, sample std (ddof=1) and a t-interval for the mean; non-finite values are dropped.
+
+    With fewer than two finite values std and the interval are NaN: one seed says nothing about
+    seed-to-seed spread, and the table should show that rather than a fake ±0.
+    """
+    arr = _clean(values)
+    n = int(arr.size)
+    nan = float("nan")
+    if n == 0:
+        return {"n": 0, "mean": nan, "std": nan, "ci_low": nan, "ci_high": nan, "ci_half": nan}
+    mean = float(arr.mean())
+    if n < 2:
+        return {"n": 1, "mean": mean, "std": nan, "ci_low": nan, "ci_high": nan, "ci_half": nan}
+    std = float(arr.std(ddof=1))
+    half = float(_st.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half,
+            "ci_half": half}
+
+
+def diff_ci(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) -> dict:
+    """Difference of means mean(b) − mean(a) with a Welch t-interval (unequal variances).
+
+    Arms are independent trainings (different models), so the seeds are not paired.
+    """
+    xa, xb = _clean(a), _clean(b)
+    nan = float("nan")
+    out = {"n_a": int(xa.size), "n_b": int(xb.size), "diff": nan, "ci_low": nan, "ci_high": nan,
+           "ci_half": nan}
+    if xa.size == 0 or xb.size == 0:
+        return out
+    diff = float(xb.mean() - xa.mean())
+    out["diff"] = diff
+    if xa.size < 2 or xb.size < 2:
+        return out
+    va, vb = xa.var(ddof=1) / xa.size, xb.var(ddof=1) / xb.size
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        half = 0.0
+    else:
+        dof = (va + vb) ** 2 / (va**2 / (xa.size - 1) + vb**2 / (xb.size - 1))
+        half = float(_st.t.ppf(0.5 + confidence / 2, dof) * se)
+    out.update(ci_low=diff - half, ci_high=diff + half, ci_half=half)
+    return out
+
+
+def format_pm(mean: float, half: float, digits: int = 2) -> str:
+    """'81.47 ± 0.09' (or '81.47 ± n/a' when the interval is undefined)."""
+    if not math.isfinite(mean):
+        return "n/a"
+    if not math.isfinite(half):
+        return f"{mean:.{digits}f} ± n/a"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
