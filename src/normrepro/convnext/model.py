@@ -1,0 +1,127 @@
+"""timm's ConvNeXt with every normalization layer taken from the normrepro registry by name.
+
+How timm wires `norm_layer` (checked in timm 1.0's `timm/models/convnext.py`): with a callable
+norm and `conv_mlp=True`, the same callable builds the stem norm, the norm before each
+downsampling conv, the norm inside every block and the head's norm (after global pooling, on a
+(B, C, 1, 1) map); with `conv_mlp=True` the block MLP is two 1×1 convs, so every norm sees NCHW
+input and no permute to channels-last happens anywhere. timm refuses a custom norm without
+`conv_mlp=True`. So the `bn` and `ln` arms are the same network except for the norm modules:
+same parameters (both norms have a per-channel weight and bias), BN adds running-stat buffers.
+
+timm passes `device=`/`dtype=` to the norm constructor and, when the norm is a
+`functools.partial`, rebinds only its keyword arguments; the adapter below therefore hands timm
+a plain function that calls the registry and places the module itself.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+from normrepro.config import ConfigError
+from normrepro.norms import get_norm_layer
+
+
+def timm_norm_layer(name: str, eps: float | None = None) -> Callable[..., nn.Module]:
+    """A `norm_layer=` for timm: `(num_features, device=None, dtype=None, **kw)` → registry norm."""
+    defaults = {} if eps is None else {"eps": float(eps)}
+    try:
+        factory = get_norm_layer(name, **defaults)
+    except ValueError as exc:  # unknown name: say which config key to change
+        raise ConfigError(f"model.norm: {exc}") from exc
+
+    def norm_layer(num_features: int, device=None, dtype=None, **kwargs) -> nn.Module:
+        module = factory(num_features, **kwargs)
+        if device is not None or dtype is not None:
+            module = module.to(device=device, dtype=dtype)
+        return module
+
+    norm_layer.__name__ = f"normrepro_{name}"
+    norm_layer.__qualname__ = norm_layer.__name__
+    return norm_layer
+
+
+def build_model(model_cfg: dict, num_classes: int, in_chans: int) -> nn.Module:
+    """The ConvNeXt of one arm: `model.variant`, `model.norm`, `model.patch_size`, ...
+
+    `model.kwargs` passes anything else to the timm constructor (tests shrink `dims`/`depths`).
+    """
+    variant = model_cfg["variant"]
+    if not variant.startswith("convnext"):
+        raise ConfigError(f"model.variant={variant!r}: this replication needs a timm convnext_* model")
+    kwargs = dict(model_cfg.get("kwargs") or {})
+    for key in ("norm_layer", "conv_mlp", "num_classes", "in_chans"):
+        if key in kwargs:
+            raise ConfigError(f"model.kwargs.{key} is set by the pipeline; use model.norm / data "
+                             "settings instead")
+    if model_cfg.get("patch_size") is not None:
+        kwargs["patch_size"] = int(model_cfg["patch_size"])
+    if model_cfg.get("ls_init_value", "default") != "default":
+        kwargs["ls_init_value"] = model_cfg["ls_init_value"]
+    model = timm.create_model(
+        variant,
+        pretrained=False,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        conv_mlp=True,  # both arms: 1×1-conv MLP, so every norm is an NCHW norm
+        norm_layer=timm_norm_layer(model_cfg["norm"], model_cfg.get("norm_eps")),
+        drop_path_rate=float(model_cfg.get("drop_path_rate", 0.0)),
+        **kwargs,
+    )
+    return model
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on conv/linear weights only, none on norms, biases, layer scale.
+
+    Every 1-D parameter (norm weight/bias, conv/linear bias, layer-scale gamma) is excluded, as in
+    the ConvNeXt reference code.
+    """
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+_NORM_CLASS_NAME = re.compile(r"Norm(\d+d)?$")
+
+
+def norm_modules(model: nn.Module) -> dict[str, list[str]]:
+    """Names of the normalization modules by class name, to check what an arm really contains.
+
+    Counts torch's norm classes and their subclasses, plus any class named like a norm
+    (`...Norm`, `...Norm2d`; e.g. timm's own RmsNorm2d), so a norm that slipped past the
+    registry shows up.
+    """
+    norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                  nn.modules.instancenorm._InstanceNorm)
+    out: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        cls_name = type(module).__name__
+        if isinstance(module, norm_types) or _NORM_CLASS_NAME.search(cls_name):
+            out.setdefault(cls_name, []).append(name)
+    return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_buffers(model: nn.Module) -> int:
+    return sum(b.numel() for b in model.buffers())
+
+
+@torch.no_grad()
+def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
+    """How many samples have the target among the top-k logits, for each k (capped at classes)."""
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices
+    hit = top.eq(target[:, None])
+    return [hit[:, :min(k, maxk)].any(dim=1).sum() for k in ks]

@@ -1,0 +1,204 @@
+"""Stage `train`: train one arm × seed from its resolved config; resume if interrupted.
+
+    python -m normrepro.convnext.train --config RUN/config.yaml --out RUN
+
+Writes into RUN:
+  checkpoints/last.ckpt   every epoch (Lightning writes it to a temp file, then renames)
+  checkpoints/config.yaml the config the checkpoint belongs to
+  metrics.csv             one row per epoch (columns: normrepro.convnext.module.METRIC_COLUMNS)
+  env.json                last, when training ended: provenance plus `train` = status, epochs,
+                          time; it is the make target, so a run that was killed has none and is
+                          resumed by the next `make`
+  final.json              only if the run diverged (status "diverged"); evaluate writes it
+                          otherwise
+
+A rerun with the same config resumes from `checkpoints/last.ckpt` (Lightning's `ckpt_path`);
+a checkpoint written under a different config is discarded and training starts over, because
+epochs, schedule or model would not match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from normrepro.config import ConfigError, dump, load_yaml
+from normrepro.convnext.data import ConvNeXtDataModule, DataLayoutError
+from normrepro.convnext.model import count_parameters
+from normrepro.convnext.module import ConvNeXtClassifier, effective_batch, scaled_lr
+from normrepro.io import atomic_write_json, atomic_write_text
+from normrepro.provenance import write_env_json
+
+REQUIRED = ("seed", "data.dataset", "data.batch_size", "model.variant", "model.norm",
+            "optim.base_lr", "optim.base_batch", "optim.weight_decay", "trainer.max_epochs")
+
+
+def check_config(cfg: dict, source: str = "config") -> dict:
+    """Fail early, naming the missing key, rather than deep inside Lightning."""
+    for key in REQUIRED:
+        node = cfg
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{source}: missing {key!r}; resolve the run config with "
+                                  "python -m normrepro.config resolve replications/convnext ...")
+            node = node[part]
+    return cfg
+
+
+def load_run_config(path: str | Path) -> dict:
+    return check_config(load_yaml(path), str(path))
+
+
+def uses_gpu(cfg: dict) -> bool:
+    accelerator = str(cfg["trainer"].get("accelerator", "auto"))
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def resolve_precision(cfg: dict) -> str:
+    precision = str(cfg["trainer"].get("precision", "auto"))
+    if precision == "auto":
+        return "bf16-mixed" if uses_gpu(cfg) else "32-true"
+    return precision
+
+
+def trainer_kwargs(cfg: dict) -> dict:
+    """Lightning Trainer arguments from `cfg["trainer"]`, lean by default (see module.py)."""
+    t = cfg["trainer"]
+    val_size = int(cfg["data"].get("val_size", 0))
+    return dict(
+        accelerator=t.get("accelerator", "auto"),
+        devices=t.get("devices", "auto"),
+        num_nodes=int(t.get("num_nodes", 1)),
+        strategy=t.get("strategy", "auto"),
+        precision=resolve_precision(cfg),
+        max_epochs=int(t["max_epochs"]),
+        # Per-worker BN statistics by default, as in the paper; sync is an option.
+        sync_batchnorm=bool(t.get("sync_batchnorm", False)),
+        accumulate_grad_batches=int(t.get("accumulate_grad_batches", 1)),
+        gradient_clip_val=t.get("gradient_clip_val"),
+        deterministic=bool(t.get("deterministic", False)),
+        benchmark=bool(t.get("cudnn_benchmark", uses_gpu(cfg))),
+        logger=False,
+        enable_progress_bar=bool(t.get("progress_bar", False)),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if val_size > 0 else 0,
+        # Our sampler shards by rank itself and is deterministic per epoch (resume-exact).
+        use_distributed_sampler=False,
+    )
+
+
+def _launch_rank() -> int:
+    """Global rank from the launcher's environment (0 when not launched as a DDP worker)."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def _fresh_start(out: Path, ckpt_dir: Path, reason: str) -> None:
+    print(f"[train] {reason}: starting {out} from scratch", flush=True)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    (out / "metrics.csv").unlink(missing_ok=True)
+
+
+def train(cfg: dict, out: str | Path, callbacks: list | None = None) -> dict:
+    """Train (or resume) one run; returns the `train` record written into env.json."""
+    started = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    stamp = ckpt_dir / "config.yaml"
+    cfg_text = dump(cfg)
+    # Under DDP every rank runs this function; only the first one touches the folder.
+    if _launch_rank() == 0:
+        if last.exists() and (not stamp.is_file() or stamp.read_text(encoding="utf-8") != cfg_text):
+            _fresh_start(out, ckpt_dir, "the config changed since the last checkpoint")
+        elif not last.exists() and (out / "metrics.csv").exists():
+            _fresh_start(out, ckpt_dir, "metrics.csv exists without a checkpoint")
+        # Whatever these said belongs to an earlier training of this folder.
+        for stale in ("env.json", "final.json"):
+            (out / stale).unlink(missing_ok=True)
+        if not last.exists():
+            atomic_write_text(stamp, cfg_text)
+    resume = last if last.exists() else None
+
+    if uses_gpu(cfg):
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls left outside autocast
+    L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+    dm = ConvNeXtDataModule(cfg["data"], cfg["seed"], cfg["data"]["batch_size"])
+    mean, std = dm.norm_stats()
+    module = ConvNeXtClassifier(cfg, dm.num_classes, dm.in_chans, mean, std, dm.backend,
+                                metrics_path=out / "metrics.csv")
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                 save_on_train_epoch_end=True, enable_version_counter=False)
+    trainer = L.Trainer(default_root_dir=str(out), callbacks=[checkpoint, *(callbacks or [])],
+                        **trainer_kwargs(cfg))
+    if resume is not None:
+        print(f"[train] resuming {out} from {resume}", flush=True)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+
+    history = module.history
+    status = "diverged" if module.diverged_at_step is not None else "ok"
+    record = {
+        "status": status,
+        "epochs_completed": len(history),
+        "max_epochs": int(cfg["trainer"]["max_epochs"]),
+        "diverged_at_step": module.diverged_at_step,
+        "train_time_s": float(sum(r["epoch_time_s"] for r in history)),
+        "resumed": resume is not None,
+        "world_size": trainer.world_size,
+        "precision": resolve_precision(cfg),
+        "effective_batch": effective_batch(cfg, trainer.world_size),
+        "lr": scaled_lr(cfg, trainer.world_size),
+        "parameters": count_parameters(module.model),
+        "split_sizes": dm.split_sizes,
+    }
+    if status == "ok" and len(history) < record["max_epochs"]:
+        raise RuntimeError(f"training of {out} stopped after {len(history)} of "
+                           f"{record['max_epochs']} epochs without diverging; rerun to resume")
+    if trainer.is_global_zero:
+        if status == "diverged":
+            atomic_write_json(out / "final.json", {
+                "status": "diverged", "dataset": cfg["data"]["dataset"], "arm": cfg.get("arm"),
+                "seed": int(cfg["seed"]), "diverged_at_step": module.diverged_at_step,
+                "epochs_completed": len(history), "test_top1": None, "test_top5": None})
+            print(f"[train] {out}: loss became non-finite at step {module.diverged_at_step}; "
+                  "recorded as diverged", flush=True)
+        write_env_json(out / "env.json", wall_time_s=time.time() - started, train=record,
+                       run={"dataset": cfg["data"]["dataset"], "arm": cfg.get("arm"),
+                            "seed": int(cfg["seed"]), "variant": cfg["model"]["variant"],
+                            "norm": cfg["model"]["norm"]})
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m normrepro.convnext.train",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="resolved run config (config.yaml)")
+    parser.add_argument("--out", required=True, help="run folder to write into")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_run_config(args.config)
+        record = train(cfg, args.out)
+    except (ConfigError, DataLayoutError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[train] {args.out}: {record['status']}, {record['epochs_completed']} epochs, "
+          f"{record['train_time_s']:.0f} s of training", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

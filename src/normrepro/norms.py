@@ -1,0 +1,616 @@
+"""The norm-layer registry: every normalisation used by both replications, keyed by a string.
+
+`create_norm(name, num_features, **kwargs)` builds a module; `get_norm_layer(name)` returns a
+callable `(num_features, **kwargs)` usable as timm's `norm_layer`; `NORM_NAMES` lists the names.
+
+Two families, by input layout:
+
+* Sequence norms take fairseq's `(T, B, C)` layout and are called `norm(x, pad_mask=None)` with
+  `pad_mask` of shape `(B, T)`, True at padding. Names: `layer`, `batch`, `sync_batch`,
+  `power_vanilla`, `power`, `rms`, `group`, `instance`.
+* Image norms take `(B, C, H, W)`: `layer2d` (LayerNorm over C at each position, as in ConvNeXt),
+  `batch2d`, `sync_batch2d`, `group2d`, `instance2d`.
+
+Which axes each one reduces over (the "normalisation cube"; verified by perturbation tests):
+
+=============  ======================================  ==========================================
+name           statistics computed over                one statistic per
+=============  ======================================  ==========================================
+layer          C                                       token (t, b)
+rms            C (no mean subtraction)                 token (t, b)
+group          C/G channels of one group               token and group
+instance       T (non-pad positions of one sentence)   sentence and channel (b, c)
+batch          T x B (all non-pad tokens of the batch)  channel
+power(_vanilla) T x B (non-pad; quadratic mean only)   channel
+layer2d        C                                       position (b, h, w)
+batch2d        B x H x W                               channel
+group2d        C/G x H x W                             sample and group
+instance2d     H x W                                   sample and channel
+=============  ======================================  ==========================================
+
+Masked batch statistics (`batch`, `power_vanilla`, `power` forward) use only non-pad tokens, so
+padding changes neither the statistics nor the output at real tokens. `batch`,
+`power_vanilla` and `instance` output zeros at padding positions, so that their gradients are exact
+gradients of a function of the real tokens; `power` keeps the official code's unmasked output.
+
+PowerNorm (`power`) follows the official implementation (sIncerass/powernorm,
+`fairseq/modules/norms/mask_powernorm.py`) rather than the paper's text. Where they differ:
+
+1. **GroupScaling first.** Each token is divided by the root of the mean of its squared features
+   within each of `group_num` channel groups (the official code passes the number of attention
+   heads). The paper's Algorithm 2 does not mention it. Its backward is the exact gradient.
+2. **Warm-up on batch statistics.** For the first `warmup_iters` training steps the forward pass
+   normalises with the batch quadratic mean ψ²_B, not the running ψ²; the paper's Algorithm 2
+   always uses the running statistic.
+3. **Running statistic.** During warm-up (t < warmup_iters) running_phi first becomes the
+   cumulative average of the ψ²_B seen so far, and then, in every step including those, the
+   exponential average α_fwd·running_phi + (1−α_fwd)·ψ²_B is applied on top (the official code
+   has no `else` between the two updates; we keep that).
+4. **Batch ψ in the backward pass.** The input gradient is divided by √(ψ²_B + ε), the batch
+   statistic of the current step, whereas Algorithm 2 divides by the running ψ_{t−1}.
+5. **Masked forward, unmasked backward statistics.** ψ²_B is computed over non-pad tokens only,
+   but the backward moving average `ema_gz` averages approx·z over all B×T positions, padding
+   included, as the official code does.
+
+The paper's ν_t in Algorithm 2 is (1−α_bkw)·ema_gz: the official update
+ema_gz ← ema_gz + mean(approx·z) equals ν_t = ν_{t−1}(1 − (1−α)Γ) + (1−α)Λ with Γ = mean(z²) and
+Λ = mean(g·z); `tests/test_norms.py` checks this step by step.
+
+`batch` and `power` have fused autograd functions (a handful of vectorised passes instead of the
+official ~15), checked against straightforward float64 references in the tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["NORM_NAMES", "SEQUENCE_NORMS", "IMAGE_NORMS", "create_norm", "get_norm_layer",
+           "is_sequence_norm"]
+
+
+# --------------------------------------------------------------------------------------------
+# input checks shared by every module
+
+def _check_seq(module: nn.Module, x: torch.Tensor, pad_mask: torch.Tensor | None) -> None:
+    if x.dim() != 3:
+        raise ValueError(
+            f"{type(module).__name__} expects a (T, B, C) sequence tensor, got shape "
+            f"{tuple(x.shape)}; images use the '2d' variants (e.g. 'batch2d')"
+        )
+    if x.shape[-1] != module.num_features:
+        raise ValueError(
+            f"{type(module).__name__} was built for C={module.num_features} channels but the "
+            f"input has C={x.shape[-1]} (shape {tuple(x.shape)}, layout (T, B, C))"
+        )
+    if pad_mask is not None:
+        if pad_mask.shape != (x.shape[1], x.shape[0]):
+            raise ValueError(
+                f"pad_mask must have shape (B, T) = ({x.shape[1]}, {x.shape[0]}) for input "
+                f"(T, B, C) = {tuple(x.shape)}, got {tuple(pad_mask.shape)}"
+            )
+        if pad_mask.dtype != torch.bool:
+            raise ValueError(f"pad_mask must be a bool tensor (True at padding), got {pad_mask.dtype}")
+
+
+def _check_img(module: nn.Module, x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(
+            f"{type(module).__name__} expects a (B, C, H, W) image tensor, got shape "
+            f"{tuple(x.shape)}; sequences use the names without '2d' (e.g. 'batch')"
+        )
+    if x.shape[1] != module.num_features:
+        raise ValueError(
+            f"{type(module).__name__} was built for C={module.num_features} channels but the "
+            f"input has C={x.shape[1]} (shape {tuple(x.shape)}, layout (B, C, H, W))"
+        )
+
+
+def _real_weights(x: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+    """(T*B,) float weights: 1 at real tokens, 0 at padding, in x's flattened (T, B) order."""
+    T, B = x.shape[0], x.shape[1]
+    if pad_mask is None:
+        return x.new_ones(T * B)
+    return (~pad_mask).t().reshape(T * B).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# per-token sequence norms
+
+class SeqLayerNorm(nn.LayerNorm):
+    """LayerNorm over C for each token; `pad_mask` is accepted and ignored (per-token statistics
+    cannot see other tokens, padding or not)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__(num_features, eps=eps, elementwise_affine=affine)
+        self.num_features = num_features
+
+    def forward(self, x, pad_mask=None):  # noqa: D102
+        _check_seq(self, x, pad_mask)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class SeqRMSNorm(nn.Module):
+    """RMSNorm over C for each token (no mean subtraction)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+
+    def forward(self, x, pad_mask=None):  # noqa: D102
+        _check_seq(self, x, pad_mask)
+        return F.rms_norm(x, (self.num_features,), self.weight, self.eps)
+
+
+class SeqGroupNorm(nn.Module):
+    """GroupNorm applied per token: C split into `num_groups` groups, each normalised alone."""
+
+    def __init__(self, num_features: int, num_groups: int = 4, eps: float = 1e-5,
+                 affine: bool = True):
+        super().__init__()
+        if num_features % num_groups:
+            raise ValueError(f"group norm: C={num_features} is not divisible by num_groups={num_groups}")
+        self.num_features, self.num_groups, self.eps = num_features, num_groups, eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    def forward(self, x, pad_mask=None):  # noqa: D102
+        _check_seq(self, x, pad_mask)
+        T, B, C = x.shape
+        y = F.group_norm(x.reshape(T * B, C), self.num_groups, self.weight, self.bias, self.eps)
+        return y.reshape(T, B, C)
+
+
+class SeqInstanceNorm(nn.Module):
+    """InstanceNorm for sequences: per sentence and channel, over that sentence's real tokens.
+
+    This is what "instance norm" means for a (B, C, T) signal; transformer LayerNorm is *not* it
+    (LayerNorm normalises each token over its C features).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    def forward(self, x, pad_mask=None):  # noqa: D102
+        _check_seq(self, x, pad_mask)
+        T, B, _ = x.shape
+        m = x.new_ones(T, B, 1) if pad_mask is None else (~pad_mask).t().unsqueeze(-1).to(x.dtype)
+        n = m.sum(0, keepdim=True).clamp_min(1.0)
+        mean = (x * m).sum(0, keepdim=True) / n
+        var = (((x - mean) * m) ** 2).sum(0, keepdim=True) / n
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return y * m
+
+
+# --------------------------------------------------------------------------------------------
+# fused kernels: pure tensor functions, compiled by torch.compile when available
+
+_COMPILE_MODE = os.environ.get("NORMREPRO_COMPILE", "auto").lower()  # auto | 1 | 0
+
+
+class _Kernel:
+    """A pure tensor function run through `torch.compile` (one fused loop per reduction on CPU,
+    Triton kernels on GPU), falling back to eager PyTorch if compilation is unavailable.
+
+    `NORMREPRO_COMPILE=0` forces eager, `=1` makes a compile failure an error. Both paths run the
+    same code, and the tests check it against independent references.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._compiled = None
+        self._failed = _COMPILE_MODE in ("0", "false", "no", "off")
+
+    def __call__(self, *args):
+        if self._failed or torch.compiler.is_compiling():
+            return self.fn(*args)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
+        try:
+            return self._compiled(*args)
+        except Exception as exc:  # pragma: no cover - depends on the machine's toolchain
+            if _COMPILE_MODE in ("1", "true", "yes", "on"):
+                raise
+            warnings.warn(f"normrepro.norms: torch.compile failed ({type(exc).__name__}: {exc}); "
+                          "using the eager kernels (same numbers, slower)", RuntimeWarning)
+            self._failed = True
+            return self.fn(*args)
+
+
+def _no_autocast(device_type: str):
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def _bn_fwd(x, m, n, weight, bias, eps: float):
+    m1 = m.unsqueeze(1)
+    mean = (x * m1).sum(0) / n
+    xc = x - mean
+    var = (xc * xc * m1).sum(0) / n
+    rstd = torch.rsqrt(var + eps)
+    y = (xc * (rstd * weight) + bias) * m1
+    return y, mean, var, rstd
+
+
+def _bn_bwd(gy, x, m, n, mean, rstd, weight):
+    m1 = m.unsqueeze(1)
+    z = (x - mean) * rstd
+    gym = gy * m1
+    gbias = gym.sum(0)
+    gweight = (gym * z).sum(0)
+    # exact BN gradient restricted to the real tokens; zero at padding
+    gx = (gym - gbias / n - z * (gweight / n)) * (rstd * weight) * m1
+    return gx, gweight, gbias
+
+
+_BN_FWD, _BN_BWD = _Kernel(_bn_fwd), _Kernel(_bn_bwd)
+
+
+class _MaskedBatchNormFn(torch.autograd.Function):
+    """y = m * (w * (x - μ_B) / √(σ²_B + ε) + b), statistics over the rows with m = 1.
+
+    x: (N, C) float32/64, m: (N,) 0/1 weights, n = max(Σm, 1). Backward is the exact gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, m, n, weight, bias, eps):
+        with _no_autocast(x.device.type):
+            y, mean, var, rstd = _BN_FWD(x, m, n, weight, bias, eps)
+        ctx.save_for_backward(x, m, n, mean, rstd, weight)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, gy, _gmean, _gvar):
+        x, m, n, mean, rstd, weight = ctx.saved_tensors
+        with _no_autocast(gy.device.type):
+            gx, gweight, gbias = _BN_BWD(gy.contiguous(), x, m, n, mean, rstd, weight)
+        return (gx, None, None, gweight if ctx.needs_input_grad[3] else None,
+                gbias if ctx.needs_input_grad[4] else None, None)
+
+
+def _as_float(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Batch statistics in half precision are unreliable: compute them in the parameters' dtype
+    (float32 under bf16 autocast), as autocast does for torch's own norms."""
+    return x if x.dtype == ref.dtype else x.to(ref.dtype)
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over the non-pad tokens of a (T, B, C) batch, one statistic per channel.
+
+    Training normalises with the batch mean and biased variance of the real tokens; the running
+    mean and (unbiased, as in torch's BatchNorm) variance are updated with `momentum` and used in
+    eval. Padding positions output zero. A batch whose tokens are all padding outputs zeros and
+    leaves the running statistics untouched.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features), requires_grad=affine)
+        self.bias = nn.Parameter(torch.zeros(num_features), requires_grad=affine)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.stats_recorder: Callable | None = None
+
+    def forward(self, x, pad_mask=None):  # noqa: D102
+        _check_seq(self, x, pad_mask)
+        T, B, C = x.shape
+        x2d = _as_float(x, self.weight).reshape(T * B, C)
+        m = _real_weights(x2d.view(T, B, C), pad_mask)
+        if not self.training:
+            scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+            shift = self.bias - self.running_mean * scale
+            return torch.addcmul(shift, x2d, scale).mul_(m.unsqueeze(1)).reshape(T, B, C)
+        n_real = m.sum()
+        n = n_real.clamp_min(1.0)
+        y, mean, var = _MaskedBatchNormFn.apply(x2d, m, n, self.weight, self.bias, self.eps)
+        with torch.no_grad():
+            self._update_running(mean, var, n_real)
+        if self.stats_recorder is not None:
+            self.stats_recorder(self, mean=mean.detach(), var=var.detach())
+        return y.reshape(T, B, C)
+
+    @torch.no_grad()
+    def _update_running(self, mean, var, n_real):
+        # Without a host sync: a batch with no real token leaves the running statistics as they are.
+        has = (n_real > 0).to(mean.dtype)
+        mom = self.momentum * has
+        unbiased = var * n_real / (n_real - 1).clamp_min(1.0)
+        self.running_mean.mul_(1 - mom).add_(mom * mean)
+        self.running_var.mul_(1 - mom).add_(mom * unbiased)
+        self.num_batches_tracked.add_(1)
+
+
+# --------------------------------------------------------------------------------------------
+# PowerNorm, vanilla (PN-V)
+
+class PowerNormVanilla(nn.Module):
+    """PN-V: z = x / √(ψ²_B + ε) with ψ²_B the per-channel mean of x² over non-pad tokens.
+
+    Ordinary autograd (gradients flow through ψ²_B); a running ψ² (momentum `momentum`) is used
+    in eval. Padding positions output zero.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features), requires_grad=affine)
+        self.bias = nn.Parameter(torch.zeros(num_features), requires_grad=affine)
+        self.register_buffer("running_phi", torch.ones(num_features))
+        self.stats_recorder: Callable | None = None
+
+    def forward(self, x, pad_mask=None):  # noqa: D102
+        _check_seq(self, x, pad_mask)
+        T, B, C = x.shape
+        x2d = _as_float(x, self.weight).reshape(T * B, C)
+        m = _real_weights(x2d.view(T, B, C), pad_mask)
+        if self.training:
+            n_real = m.sum()
+            phi = torch.mv((x2d * x2d).t(), m) / n_real.clamp_min(1.0)
+            with torch.no_grad():
+                mom = self.momentum * (n_real > 0).to(phi.dtype)
+                self.running_phi.mul_(1 - mom).add_(mom * phi.detach())
+            if self.stats_recorder is not None:
+                self.stats_recorder(self, phi=phi.detach())
+        else:
+            phi = self.running_phi
+        z = x2d * torch.rsqrt(phi + self.eps)
+        y = torch.addcmul(self.bias, z, self.weight) * m.unsqueeze(1)
+        return y.reshape(T, B, C)
+
+
+# --------------------------------------------------------------------------------------------
+# PowerNorm, faithful to the official code (PN)
+
+def _pn_fwd(x, m, n, weight, bias, running_phi, t, has, warmup_iters: int, eps: float,
+            alpha_fwd: float, group_num: int):
+    N, C = x.shape
+    xv = x.reshape(N, group_num, C // group_num)
+    # GroupScaling: divide each token by the RMS of its channel group.
+    r = torch.rsqrt((xv * xv).mean(-1, keepdim=True) + eps)
+    xs = (xv * r).reshape(N, C)
+    # Masked quadratic mean; with no real token, fall back on the running value (no information).
+    psi_b = torch.where(has, (xs * xs * m.unsqueeze(1)).sum(0) / n, running_phi)
+    phi_used = torch.where(t <= warmup_iters, psi_b, running_phi)
+    y = xs * torch.rsqrt(phi_used + eps) * weight + bias
+    # Running statistic: cumulative average during warm-up, then (no `else`, as upstream) the EMA.
+    tf = t.to(x.dtype)
+    rp = torch.where(t < warmup_iters, running_phi * (tf - 1) / tf + psi_b / tf, running_phi)
+    rp = alpha_fwd * rp + (1 - alpha_fwd) * psi_b
+    return y, r, psi_b, phi_used, rp
+
+
+def _pn_bwd(gy, x, r, psi_b, phi_used, weight, ema_gz, eps: float, alpha_bkw: float,
+            group_num: int):
+    N, C = x.shape
+    xsv = x.reshape(N, group_num, C // group_num) * r
+    xs = xsv.reshape(N, C)
+    z = xs * torch.rsqrt(phi_used + eps)
+    gweight = (gy * z).sum(0)
+    gbias = gy.sum(0)
+    # approx = g − ν z with g = gy·w and ν = (1 − α_bkw)·ema_gz from before this step
+    approx = gy * weight - ((1 - alpha_bkw) * ema_gz) * z
+    # ema_gz += mean over all N positions (padding included, as upstream) of approx·z
+    new_ema = ema_gz + (approx * z).sum(0) / N
+    # divided by the *batch* statistic, as upstream
+    gxs = (approx * torch.rsqrt(psi_b + eps)).reshape(N, group_num, C // group_num)
+    # GroupScaling backward: dx = r · (gxs − xs · mean_group(gxs·xs))
+    gx = ((gxs - xsv * (gxs * xsv).mean(-1, keepdim=True)) * r).reshape(N, C)
+    return gx, gweight, gbias, new_ema
+
+
+_PN_FWD, _PN_BWD = _Kernel(_pn_fwd), _Kernel(_pn_bwd)
+
+
+class _PowerNormFn(torch.autograd.Function):
+    """GroupScaling + PowerFunction of the official code, fused, on (N, C) rows.
+
+    Inputs: x (N, C); m (N,) 0/1 real-token weights; n = max(Σm, 1); weight, bias; the buffers
+    running_phi and ema_gz (C,), updated in place; t = the 1-based step (tensor); has = whether
+    the batch holds a real token (bool tensor).
+    """
+
+    @staticmethod
+    def forward(ctx, x, m, n, weight, bias, running_phi, ema_gz, t, has, eps, alpha_fwd,
+                alpha_bkw, warmup_iters, group_num):
+        with _no_autocast(x.device.type):
+            y, r, psi_b, phi_used, rp = _PN_FWD(x, m, n, weight, bias, running_phi, t, has,
+                                                warmup_iters, eps, alpha_fwd, group_num)
+        running_phi.copy_(rp)
+        ctx.save_for_backward(x, r, psi_b, phi_used, weight, ema_gz)
+        ctx.consts = (eps, alpha_bkw, group_num)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, r, psi_b, phi_used, weight, ema_gz = ctx.saved_tensors
+        eps, alpha_bkw, group_num = ctx.consts
+        with _no_autocast(gy.device.type):
+            gx, gweight, gbias, new_ema = _PN_BWD(gy.contiguous(), x, r, psi_b, phi_used, weight,
+                                                  ema_gz, eps, alpha_bkw, group_num)
+        ema_gz.copy_(new_ema)
+        return (gx, None, None, gweight if ctx.needs_input_grad[3] else None,
+                gbias if ctx.needs_input_grad[4] else None) + (None,) * 9
+
+
+class PowerNorm(nn.Module):
+    """PowerNorm as the official code computes it (see the module docstring for the differences
+    from the paper). Buffers: `running_phi` (init 1), `ema_gz` (init 0), `iters` (init 0)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, alpha_fwd: float = 0.9,
+                 alpha_bkw: float = 0.9, warmup_iters: int = 10000, group_num: int = 1,
+                 affine: bool = True):
+        super().__init__()
+        if num_features % group_num:
+            raise ValueError(f"power norm: C={num_features} is not divisible by group_num={group_num}")
+        self.num_features, self.eps = num_features, eps
+        self.alpha_fwd, self.alpha_bkw = alpha_fwd, alpha_bkw
+        self.warmup_iters, self.group_num = int(warmup_iters), int(group_num)
+        self.weight = nn.Parameter(torch.ones(num_features), requires_grad=affine)
+        self.bias = nn.Parameter(torch.zeros(num_features), requires_grad=affine)
+        self.register_buffer("running_phi", torch.ones(num_features))
+        self.register_buffer("ema_gz", torch.zeros(num_features))
+        self.register_buffer("iters", torch.tensor(0, dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, "
+                f"alpha_bkw={self.alpha_bkw}, warmup_iters={self.warmup_iters}, "
+                f"group_num={self.group_num}")
+
+    def group_scale(self, x2d: torch.Tensor) -> torch.Tensor:
+        N, C = x2d.shape
+        xv = x2d.view(N, self.group_num, C // self.group_num)
+        return (xv * torch.rsqrt(xv.pow(2).mean(-1, keepdim=True) + self.eps)).view(N, C)
+
+    def forward(self, x, pad_mask=None):  # noqa: D102
+        _check_seq(self, x, pad_mask)
+        T, B, C = x.shape
+        x2d = _as_float(x, self.weight).reshape(T * B, C)
+        if not self.training:
+            z = self.group_scale(x2d) * torch.rsqrt(self.running_phi + self.eps)
+            return torch.addcmul(self.bias, z, self.weight).reshape(T, B, C)
+        m = _real_weights(x2d.view(T, B, C), pad_mask)
+        n_real = m.sum()
+        self.iters.add_(1)
+        y = _PowerNormFn.apply(
+            x2d, m, n_real.clamp_min(1.0), self.weight, self.bias, self.running_phi, self.ema_gz,
+            self.iters, n_real > 0, self.eps, self.alpha_fwd, self.alpha_bkw,
+            self.warmup_iters, self.group_num,
+        )
+        return y.reshape(T, B, C)
+
+
+# --------------------------------------------------------------------------------------------
+# image norms (B, C, H, W)
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over C at each spatial position of a (B, C, H, W) map (ConvNeXt's choice)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__(num_features, eps=eps, elementwise_affine=affine)
+        self.num_features = num_features
+
+    def forward(self, x):  # noqa: D102
+        _check_img(self, x)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                         self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """torch's BatchNorm2d with the registry's shape checks."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
+        self.stats_recorder: Callable | None = None
+
+    def forward(self, x):  # noqa: D102
+        _check_img(self, x)
+        if self.training and self.stats_recorder is not None:
+            with torch.no_grad():
+                self.stats_recorder(self, mean=x.mean((0, 2, 3)), var=x.var((0, 2, 3), unbiased=False))
+        return super().forward(x)
+
+
+class GroupNorm2d(nn.GroupNorm):
+    """GroupNorm over C/G channels and all positions of one sample."""
+
+    def __init__(self, num_features: int, num_groups: int = 4, eps: float = 1e-5,
+                 affine: bool = True):
+        if num_features % num_groups:
+            raise ValueError(f"group2d: C={num_features} is not divisible by num_groups={num_groups}")
+        super().__init__(num_groups, num_features, eps=eps, affine=affine)
+        self.num_features = num_features
+
+    def forward(self, x):  # noqa: D102
+        _check_img(self, x)
+        return super().forward(x)
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """InstanceNorm over H×W of one sample and channel (affine by default, no running stats)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__(num_features, eps=eps, affine=affine)
+
+    def forward(self, x):  # noqa: D102
+        _check_img(self, x)
+        return super().forward(x)
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+
+SEQUENCE_NORMS: dict[str, type[nn.Module]] = {
+    "layer": SeqLayerNorm,
+    "batch": MaskedBatchNorm,
+    "power_vanilla": PowerNormVanilla,
+    "power": PowerNorm,
+    "rms": SeqRMSNorm,
+    "group": SeqGroupNorm,
+    "instance": SeqInstanceNorm,
+}
+IMAGE_NORMS: dict[str, type[nn.Module]] = {
+    "layer2d": LayerNorm2d,
+    "batch2d": BatchNorm2d,
+    "group2d": GroupNorm2d,
+    "instance2d": InstanceNorm2d,
+}
+_REGISTRY: dict[str, type[nn.Module]] = {**SEQUENCE_NORMS, **IMAGE_NORMS}
+NORM_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def register_norm(name: str, cls: type[nn.Module], sequence: bool) -> None:
+    """Add a norm to the registry (used by modules that define extra norms, e.g. sync BN)."""
+    global NORM_NAMES
+    (SEQUENCE_NORMS if sequence else IMAGE_NORMS)[name] = cls
+    _REGISTRY[name] = cls
+    NORM_NAMES = tuple(_REGISTRY)
+
+
+def is_sequence_norm(name: str) -> bool:
+    _lookup(name)
+    return name in SEQUENCE_NORMS
+
+
+def _lookup(name: str) -> type[nn.Module]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown norm {name!r}; valid names: {', '.join(NORM_NAMES)}")
+    return _REGISTRY[name]
+
+
+def create_norm(name: str, num_features: int, **kwargs) -> nn.Module:
+    """Build the norm `name` for `num_features` channels; kwargs go to its constructor
+    (every norm accepts `eps` and `affine`; an unknown kwarg is an error)."""
+    cls = _lookup(name)
+    if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
+        raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_features")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        # Strict on purpose: a misspelt `warmup_iter` must not silently fall back to a default.
+        raise ValueError(f"norm {name!r} does not take {unknown}; it accepts {accepted}")
+    return cls(num_features, **kwargs)
+
+
+def get_norm_layer(name: str, **defaults) -> Callable[..., nn.Module]:
+    """A `(num_features, **kwargs)` factory for `name`, e.g. timm's `norm_layer=`."""
+    _lookup(name)
+    return functools.partial(create_norm, name, **defaults)

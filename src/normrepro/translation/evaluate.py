@@ -1,0 +1,208 @@
+"""Translate the test sets with fairseq's `SequenceGenerator` and score BLEU two ways.
+
+    python -m normrepro.translation.evaluate RUN_DIR --data data/processed/bible-de-en \\
+        [--ood data/processed/bible-de-en/ood-ding-de-en] [--checkpoint averaged.pt]
+
+Beam 5, length penalty 1.0, max length 200 (fairseq-generate's defaults otherwise; the paper's
+`generate.py --beam 5 --lenpen 1.0 --remove-bpe`). Every test sentence is translated exactly once
+(asserted: batches are built with `required_batch_size_multiple=1` and no length filter, and the
+ids returned must be exactly 0..N-1).
+
+Two BLEU scores per test set:
+
+* `bleu_tok`: the paper's number, BLEU on lowercased Moses tokens with BPE removed, against the
+  tokenized reference `tok/test.en` (fairseq's `--scoring bleu` / `multi-bleu.perl`). Computed
+  with sacreBLEU using `tokenize='none'`, `lowercase=True`, `smooth_method='none'`, so the
+  whitespace tokens are scored as they are, with no smoothing, as multi-bleu does.
+* `bleu_sacre`: sacreBLEU on Moses-detokenized output against the raw references `raw/test.en`,
+  default 13a tokenization; case-insensitive because the models are trained on lowercased text
+  (the signature says `c:lc`).
+
+Writes `hyps/<set>.{tok,detok}.txt` (line i = sentence i) and `final.json` (status ok/diverged,
+both BLEU scores and the sacreBLEU signature per set, the training summary), plus `env.json`.
+A diverged run (non-finite loss, see `train.json`) is recorded with BLEU null, not an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from normrepro.io import atomic_write_json, atomic_write_text, read_json
+from normrepro.translation.common import (LOG, load_config, load_weights, model_args, quiet_logging,
+                                          run_paths, set_threads)
+
+
+def tokenized_bleu(hyps: list[str], refs: list[str]):
+    """multi-bleu style BLEU on whitespace tokens (lowercased, unsmoothed)."""
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU(tokenize="none", lowercase=True, smooth_method="none")
+    return metric.corpus_score(hyps, [refs]), metric.get_signature()
+
+
+def detok_bleu(hyps: list[str], refs: list[str]):
+    """sacreBLEU (13a, case-insensitive) on detokenized text."""
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU(lowercase=True)
+    return metric.corpus_score(hyps, [refs]), metric.get_signature()
+
+
+def detokenize(lines: list[str], lang: str = "en") -> list[str]:
+    from sacremoses import MosesDetokenizer
+
+    md = MosesDetokenizer(lang=lang)
+    return [md.detokenize(line.split()) for line in lines]
+
+
+@torch.no_grad()
+def translate(model, dataset, dictionary, beam: int = 5, lenpen: float = 1.0, max_tokens: int = 8000,
+              max_sentences: Optional[int] = 128, max_len_a: float = 0, max_len_b: int = 200,
+              device: Optional[torch.device] = None, limit: Optional[int] = None) -> list[str]:
+    """Best beam hypothesis (BPE removed) for every sentence of `dataset`, in dataset order.
+
+    With `limit`, only sentences 0..limit-1 are translated (quick validation BLEU).
+    """
+    from fairseq.sequence_generator import SequenceGenerator
+
+    from normrepro.translation.datamodule import make_batches
+
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    generator = SequenceGenerator([model], dictionary, beam_size=beam, len_penalty=lenpen,
+                                  max_len_a=max_len_a, max_len_b=max_len_b)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    batches = make_batches(dataset, max_tokens, max_sentences, seed=1)
+    if limit is not None:
+        batches = [b[b < n] for b in batches]
+        batches = [b for b in batches if len(b)]
+    out: dict[int, str] = {}
+    eos = dictionary.eos()
+    for batch_ids in batches:
+        sample = dataset.collater([dataset[int(i)] for i in batch_ids])
+        sample = _to_device(sample, device)
+        hypos = generator.generate([model], sample)
+        for k, sid in enumerate(sample["id"].tolist()):
+            if sid in out:
+                raise AssertionError(f"sentence {sid} translated twice")
+            tokens = hypos[k][0]["tokens"].int().cpu()
+            out[sid] = dictionary.string(tokens, bpe_symbol="subword_nmt", extra_symbols_to_ignore={eos})
+    missing = sorted(set(range(n)) - set(out))
+    if missing or len(out) != n:
+        raise AssertionError(f"{len(missing)} of {n} sentences were not translated (e.g. {missing[:5]})")
+    model.train(was_training)
+    return [out[i] for i in range(n)]
+
+
+def _to_device(sample, device):
+    if isinstance(sample, torch.Tensor):
+        return sample.to(device)
+    if isinstance(sample, dict):
+        return {k: _to_device(v, device) for k, v in sample.items()}
+    return sample
+
+
+def evaluate_set(model, dictionary, data_dir: Path, hyps_dir: Path, name: str, beam: int, lenpen: float,
+                 max_tokens: int, device) -> dict:
+    """Translate `data_dir`'s test split, write hypothesis files, return both BLEU scores."""
+    from normrepro.translation.datamodule import load_pair_dataset
+    from normrepro.translation.prepare import read_lines
+
+    dataset = load_pair_dataset(data_dir, "test", dictionary, shuffle=False)
+    refs_tok = read_lines(data_dir / "tok" / "test.en")
+    refs_raw = read_lines(data_dir / "raw" / "test.en")
+    if not len(dataset) == len(refs_tok) == len(refs_raw):
+        raise AssertionError(f"{data_dir}: {len(dataset)} binarized vs {len(refs_tok)} tokenized vs "
+                             f"{len(refs_raw)} raw test sentences")
+    started = time.time()
+    hyps = translate(model, dataset, dictionary, beam=beam, lenpen=lenpen, max_tokens=max_tokens, device=device)
+    seconds = time.time() - started
+    detok = detokenize(hyps)
+    atomic_write_text(hyps_dir / f"{name}.tok.txt", "".join(h + "\n" for h in hyps))
+    atomic_write_text(hyps_dir / f"{name}.detok.txt", "".join(h + "\n" for h in detok))
+    tok_score, tok_sig = tokenized_bleu(hyps, refs_tok)
+    sacre_score, sacre_sig = detok_bleu(detok, refs_raw)
+    LOG.info("%s: tokenized BLEU %.2f, sacreBLEU %.2f (%d sentences, %.0f s)", name, tok_score.score,
+             sacre_score.score, len(hyps), seconds)
+    return {"sentences": len(hyps), "bleu_tok": tok_score.score, "bleu_tok_detail": str(tok_score),
+            "bleu_tok_signature": str(tok_sig), "bleu_sacre": sacre_score.score,
+            "bleu_sacre_detail": str(sacre_score), "bleu_sacre_signature": str(sacre_sig),
+            "generate_seconds": round(seconds, 1), "data": str(data_dir)}
+
+
+def load_model(run_dir: Path, data_dir: Path, checkpoint: Optional[Path] = None, device=None):
+    from normrepro.translation.datamodule import load_dictionary
+    from normrepro.translation.model import build_model
+
+    paths = run_paths(run_dir)
+    cfg = load_config(paths["config"])
+    dictionary = load_dictionary(data_dir)
+    model = build_model(model_args(cfg), dictionary, dictionary)
+    state = load_weights(checkpoint or paths["averaged"])
+    model.load_state_dict(state["model"], strict=True)
+    return model.to(device or torch.device("cpu")).eval(), dictionary, cfg, state
+
+
+def evaluate_run(run_dir: Path, data_dir: Path, ood_dirs: list[Path], checkpoint: Optional[Path] = None,
+                 device: Optional[torch.device] = None) -> dict:
+    started = time.time()
+    paths = run_paths(run_dir)
+    cfg = load_config(paths["config"])
+    train = read_json(paths["train"]) if paths["train"].is_file() else {}
+    ev = cfg.get("eval", {})
+    final = {"arm": cfg.get("arm"), "seed": cfg.get("seed"), "profile": cfg.get("profile"),
+             "dataset": str(data_dir.name), "train": train, "status": train.get("status", "ok")}
+    sets = {"test": data_dir} | {Path(d).name: Path(d) for d in ood_dirs}
+    if final["status"] == "diverged":
+        LOG.warning("%s diverged during training; recording BLEU as null", run_dir)
+        for name in sets:
+            final[name] = {"bleu_tok": None, "bleu_sacre": None}
+    else:
+        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model, dictionary, _, state = load_model(run_dir, data_dir, checkpoint, device)
+        final["checkpoint"] = {"path": str(checkpoint or paths["averaged"]),
+                               "averaged": state.get("averaged", [])}
+        for name, folder in sets.items():
+            final[name] = evaluate_set(model, dictionary, folder, paths["hyps"], name,
+                                       int(ev.get("beam", 5)), float(ev.get("lenpen", 1.0)),
+                                       int(ev.get("max_tokens", 8000)), device)
+            if not all(math.isfinite(final[name][k]) for k in ("bleu_tok", "bleu_sacre")):
+                final["status"] = "diverged"
+    final["eval_seconds"] = round(time.time() - started, 1)
+    atomic_write_json(paths["final"], final)
+    from normrepro.provenance import write_env_json
+
+    write_env_json(paths["env"], wall_time_s=(train.get("wall_time_s") or 0) + final["eval_seconds"],
+                   train_wall_time_s=train.get("wall_time_s"), eval_wall_time_s=final["eval_seconds"])
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m normrepro.translation.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--data", type=Path, required=True, help="prepared training dataset folder")
+    parser.add_argument("--ood", type=Path, action="append", default=[],
+                        help="extra prepared test-only folder (e.g. .../ood-ding-de-en); repeatable")
+    parser.add_argument("--checkpoint", type=Path, help="weights to evaluate (default checkpoints/averaged.pt)")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    quiet_logging()
+    set_threads(args.threads)
+    final = evaluate_run(args.run_dir, args.data, args.ood, args.checkpoint)
+    print(json.dumps({k: (v.get("bleu_tok"), v.get("bleu_sacre")) for k, v in final.items()
+                      if isinstance(v, dict) and "bleu_tok" in v}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
