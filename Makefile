@@ -47,5 +47,11 @@ bench-norms: $(SETUP) ## time fwd+bwd of every sequence norm vs torch LayerNorm 
 clean-results: ## delete results/ (keeps data/ and .venv)
 	rm -rf results
 
+# Raw data: MANIFEST.json is written last, so it stamps a complete, checksum-verified fetch.
+# Order-only on setup, so that editing pyproject.toml does not re-fetch every dataset.
+data/raw/%/MANIFEST.json: | $(SETUP)
+	$(PY) -m normrepro.fetch $* --out $(@D)
+.PRECIOUS: data/raw/%/MANIFEST.json
+
 # Each replication's pipeline lives next to its configs.
 -include replications/*/pipeline.mk

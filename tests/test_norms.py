@@ -29,8 +29,8 @@ def _run(norm, x, mask=None):
 # ---------------------------------------------------------------- registry and input checks
 
 def test_registry_names():
-    for name in ["layer", "batch", "power_vanilla", "power", "rms", "group", "instance",
-                 "layer2d", "batch2d", "group2d", "instance2d"]:
+    for name in ["layer", "batch", "sync_batch", "power_vanilla", "power", "rms", "group",
+                 "instance", "layer2d", "batch2d", "sync_batch2d", "group2d", "instance2d"]:
         assert name in NORM_NAMES
     assert set(NORM_NAMES) == set(SEQUENCE_NORMS) | set(IMAGE_NORMS)
 
@@ -96,7 +96,7 @@ def _seq_expect(name, t0, b0, c0, mask, groups=2):
         exp[t0, b0, gch] = True
     elif name == "instance":
         exp[:, b0, c0] = real[:, b0]
-    elif name in ("batch", "power_vanilla"):
+    elif name in ("batch", "sync_batch", "power_vanilla"):  # sync_batch: no process group here
         exp[:, :, c0] = real
     elif name == "power":
         # GroupScaling mixes the token's own group; ψ²_B then spreads each of those channels to
@@ -125,7 +125,7 @@ def test_image_norm_reduces_over_its_own_axes(name):
     exp = torch.zeros_like(changed)
     if name == "layer2d":
         exp[b0, :, h0, w0] = True
-    elif name == "batch2d":
+    elif name in ("batch2d", "sync_batch2d"):  # sync_batch2d: no process group here
         exp[:, c0] = True
     elif name == "group2d":
         exp[b0, 4:8] = True
@@ -136,7 +136,8 @@ def test_image_norm_reduces_over_its_own_axes(name):
 
 # ---------------------------------------------------------------- padding invariance
 
-@pytest.mark.parametrize("name", ["batch", "power_vanilla", "power", "instance", "layer"])
+@pytest.mark.parametrize("name", ["batch", "sync_batch", "power_vanilla", "power", "instance",
+                                  "layer"])
 def test_padding_changes_neither_statistics_nor_real_outputs(name):
     torch.manual_seed(0)
     mask = _mask(4)
@@ -389,3 +390,29 @@ def test_power_backward_statistics_include_padding_as_upstream():
     n2 = copy.deepcopy(norm)
     n2(x, pad_mask=mask).backward(gy)
     assert not torch.allclose(n1.ema_gz, n2.ema_gz)
+
+
+# ---------------------------------------------------------------- fused kernels: both paths
+
+@pytest.fixture(params=["compiled", "eager"])
+def kernel_mode(request, monkeypatch):
+    """Run a test once through torch.compile'd kernels and once through the eager fallback."""
+    from normrepro import norms
+
+    if request.param == "eager":
+        for k in (norms._BN_FWD, norms._BN_BWD, norms._PN_FWD, norms._PN_BWD):
+            monkeypatch.setattr(k, "_failed", True)
+    elif norms._COMPILE_MODE in ("0", "false", "no", "off"):
+        pytest.skip("NORMREPRO_COMPILE=0")
+    return request.param
+
+
+def test_fused_kernels_match_references_in_both_modes(kernel_mode):
+    from normrepro import norms
+
+    test_masked_batchnorm_equals_batchnorm_on_real_tokens()
+    test_power_matches_official_reference_step_by_step()
+    test_power_equals_paper_algorithm2_reparametrisation()
+    if kernel_mode == "compiled":  # the compiled path really ran (no silent eager fallback)
+        assert norms._BN_FWD.active and norms._BN_BWD.active
+        assert norms._PN_FWD.active and norms._PN_BWD.active

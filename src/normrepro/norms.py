@@ -21,9 +21,11 @@ rms            C (no mean subtraction)                 token (t, b)
 group          C/G channels of one group               token and group
 instance       T (non-pad positions of one sentence)   sentence and channel (b, c)
 batch          T x B (all non-pad tokens of the batch)  channel
+sync_batch     T x B of every worker in the group      channel
 power(_vanilla) T x B (non-pad; quadratic mean only)   channel
 layer2d        C                                       position (b, h, w)
 batch2d        B x H x W                               channel
+sync_batch2d   B x H x W of every worker in the group  channel
 group2d        C/G x H x W                             sample and group
 instance2d     H x W                                   sample and channel
 =============  ======================================  ==========================================
@@ -58,6 +60,29 @@ ema_gz ← ema_gz + mean(approx·z) equals ν_t = ν_{t−1}(1 − (1−α)Γ) +
 
 `batch` and `power` have fused autograd functions (a handful of vectorised passes instead of the
 official ~15), checked against straightforward float64 references in the tests.
+
+**Synchronised BatchNorm** (`sync_batch`, `sync_batch2d`). `torch.nn.SyncBatchNorm` (and so
+Lightning's `sync_batchnorm=True`) refuses CPU modules, so these are our own: in a training forward
+each worker computes its per-channel count, mean and sum of squared deviations (M2), one
+all-reduce combines them over the process group (`process_group=`, default: the whole world) with
+Chan's parallel formula (stable, unlike E[x²] − E[x]² in float32), and the backward all-reduces
+the two per-channel gradient sums Σ g and Σ g·x̂ that the BN input gradient needs. Weight and
+bias gradients stay local (DDP averages them like any other parameter's). Outside an initialised
+process group, with a group of one worker, and in eval mode they run exactly `batch` / `batch2d`
+(the parent class's forward); they work with gloo (CPU) and NCCL (GPU).
+
+**Batch-statistic recording** (the PowerNorm paper's fluctuation analysis). `batch`, `batch2d`,
+their sync variants and `power_vanilla` have an attribute `record_stats` (False by default:
+forward then costs one attribute check). When it is True, each training forward stores in
+`module.last_stats` (0-dim tensors, d = C): `n` (elements per channel), for BN `mu_dist` =
+(1/d)‖μ_B − μ‖ and `var_dist` = (1/d)‖σ²_B − σ²‖ with μ, σ² the running statistics before this
+step's update, and for PN-V `psi_dist` = (1/d)‖ψ²_B − ψ²‖; the backward adds the norms of the
+loss gradient with respect to the batch statistics, `g_mu` = (1/d)‖∂L/∂μ_B‖ and `g_var` =
+(1/d)‖∂L/∂σ²_B‖ (BN) or `g_psi` = (1/d)‖∂L/∂ψ²_B‖ (PN-V). BN computes them in closed form from the
+sums its backward already has (∂L/∂μ_B = −w·rstd·Σg, ∂L/∂σ²_B = −½·w·rstd²·Σg·x̂, summed over
+the whole, synchronised batch), through an eager path that replaces the fused kernel only while
+recording; PN-V reads ∂L/∂ψ²_B with a tensor hook. `normrepro.insights.fluctuation` switches this
+on for chosen layers and writes the records to CSV.
 """
 
 from __future__ import annotations
@@ -69,11 +94,12 @@ import warnings
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["NORM_NAMES", "SEQUENCE_NORMS", "IMAGE_NORMS", "create_norm", "get_norm_layer",
-           "is_sequence_norm"]
+           "is_sequence_norm", "register_norm", "records_stats"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,36 +231,53 @@ class _Kernel:
     """A pure tensor function run through `torch.compile` (one fused loop per reduction on CPU,
     Triton kernels on GPU), falling back to eager PyTorch if compilation is unavailable.
 
+    Tensors are positional, with their first dimension (the token count) marked dynamic;
+    keyword arguments are static (eps, alphas, group count) and get one compiled kernel per
+    distinct value, so the generated loops know the group size and stay vectorised.
     `NORMREPRO_COMPILE=0` forces eager, `=1` makes a compile failure an error. Both paths run the
-    same code, and the tests check it against independent references.
+    same code, and the tests check both against independent references.
     """
 
     def __init__(self, fn):
         self.fn = fn
-        self._compiled = None
+        self._compiled: dict = {}
         self._failed = _COMPILE_MODE in ("0", "false", "no", "off")
 
-    def __call__(self, *args):
+    @property
+    def active(self) -> bool:
+        """True once a compiled kernel has run (False: the eager fallback is in use)."""
+        return bool(self._compiled) and not self._failed
+
+    def __call__(self, *tensors, **static):
         if self._failed or torch.compiler.is_compiling():
-            return self.fn(*args)
-        if self._compiled is None:
-            self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
+            return self.fn(*tensors, **static)
+        key = tuple(sorted(static.items()))
+        if key not in self._compiled:
+            # Every static configuration is one cache entry of the same frame: leave room for many.
+            cfg = torch._dynamo.config
+            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+            setattr(cfg, name, max(getattr(cfg, name), 64))
+            self._compiled[key] = torch.compile(functools.partial(self.fn, **static),
+                                                dynamic=False, fullgraph=True)
+        for t in tensors:
+            if t.dim() >= 1 and t.shape[0] > 1:
+                torch._dynamo.maybe_mark_dynamic(t, 0)
         try:
-            return self._compiled(*args)
+            return self._compiled[key](*tensors)
         except Exception as exc:  # pragma: no cover - depends on the machine's toolchain
             if _COMPILE_MODE in ("1", "true", "yes", "on"):
                 raise
             warnings.warn(f"normrepro.norms: torch.compile failed ({type(exc).__name__}: {exc}); "
                           "using the eager kernels (same numbers, slower)", RuntimeWarning)
             self._failed = True
-            return self.fn(*args)
+            return self.fn(*tensors, **static)
 
 
 def _no_autocast(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
-def _bn_fwd(x, m, n, weight, bias, eps: float):
+def _bn_fwd(x, m, n, weight, bias, *, eps: float):
     m1 = m.unsqueeze(1)
     mean = (x * m1).sum(0) / n
     xc = x - mean
@@ -267,7 +310,7 @@ class _MaskedBatchNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, m, n, weight, bias, eps):
         with _no_autocast(x.device.type):
-            y, mean, var, rstd = _BN_FWD(x, m, n, weight, bias, eps)
+            y, mean, var, rstd = _BN_FWD(x, m, n, weight, bias, eps=eps)
         ctx.save_for_backward(x, m, n, mean, rstd, weight)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -285,6 +328,155 @@ def _as_float(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Batch statistics in half precision are unreliable: compute them in the parameters' dtype
     (float32 under bf16 autocast), as autocast does for torch's own norms."""
     return x if x.dtype == ref.dtype else x.to(ref.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# BatchNorm, eager path: synchronised statistics and batch-statistic recording
+
+def records_stats(module: nn.Module) -> bool:
+    """Whether `module` supports `record_stats` (the BN family and PN-V)."""
+    return hasattr(module, "record_stats") and hasattr(module, "last_stats")
+
+
+def _vec_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(1/d)‖a − b‖ for two (d,) vectors, as the PowerNorm paper's Figure 2 plots it."""
+    return (a - b).norm() / a.numel()
+
+
+def _sync_group(process_group) -> object | None:
+    """The process group to synchronise over, or None when there is nothing to synchronise with
+    (torch.distributed unavailable or not initialised, or a group of one worker)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = process_group if process_group is not None else dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _combine_moments(n_loc, mean_loc, m2_loc, group):
+    """Global count, mean and M2 from every worker's, with one all-reduce.
+
+    Each worker writes its (count, mean, M2) into its own row of a zero (world, 2C+1) buffer and
+    the buffer is all-reduced (summed), which gathers every row on every worker with a collective
+    that every backend and torch version has. Chan's formula then combines the rows without the
+    cancellation of E[x²] − E[x]².
+    """
+    C = mean_loc.numel()
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    rows = mean_loc.new_zeros(world, 2 * C + 1)
+    rows[rank, 0] = n_loc
+    rows[rank, 1:C + 1] = mean_loc
+    rows[rank, C + 1:] = m2_loc
+    dist.all_reduce(rows, group=group)
+    n_r, mean_r, m2_r = rows[:, :1], rows[:, 1:C + 1], rows[:, C + 1:]
+    n = n_r.sum()
+    mean = (n_r * mean_r).sum(0) / n.clamp_min(1.0)
+    m2 = (m2_r + n_r * (mean_r - mean) ** 2).sum(0)
+    return n, mean, m2
+
+
+class _BatchNormFn(torch.autograd.Function):
+    """y = w·(x − μ)/√(σ² + ε) + b per channel of x3 (N, C, L), in eager PyTorch.
+
+    Statistics over dims (0, 2), restricted to the rows with m = 1 when a row mask m (N,) is
+    given (sequences: N = T·B, L = 1; the output is zero at masked rows), and combined over
+    `group` when it is not None (forward: one all-reduce of the moments; backward: one
+    all-reduce of Σg and Σg·x̂). When `record` is a dict, backward stores in it the norms of
+    the loss gradient with respect to μ and σ². Returns y, μ, σ² (biased) and the count n.
+    """
+
+    @staticmethod
+    def forward(ctx, x3, m, weight, bias, eps, group, record):
+        N, C, L = x3.shape
+        with _no_autocast(x3.device.type):
+            m3 = None if m is None else m.view(N, 1, 1)
+            if m3 is None:
+                n_loc = torch.full((), float(N * L), dtype=x3.dtype, device=x3.device)
+                mean_loc = x3.mean((0, 2))
+                xc = x3 - mean_loc.view(1, C, 1)
+            else:
+                n_loc = m.sum() * L
+                mean_loc = (x3 * m3).sum((0, 2)) / n_loc.clamp_min(1.0)
+                xc = (x3 - mean_loc.view(1, C, 1)) * m3
+            m2_loc = (xc * xc).sum((0, 2))
+            if group is None:
+                n, mean, m2 = n_loc, mean_loc, m2_loc
+            else:
+                n, mean, m2 = _combine_moments(n_loc, mean_loc, m2_loc, group)
+            var = m2 / n.clamp_min(1.0)
+            rstd = torch.rsqrt(var + eps)
+            z = (x3 - mean.view(1, C, 1)) * rstd.view(1, C, 1)
+            w = weight if weight is not None else torch.ones_like(mean)
+            y = z * w.view(1, C, 1)
+            if bias is not None:
+                y = y + bias.view(1, C, 1)
+            if m3 is not None:
+                y = y * m3
+        ctx.save_for_backward(z, m, n, rstd, w)
+        ctx.group, ctx.record = group, record
+        ctx.mark_non_differentiable(mean, var, n)
+        return y, mean, var, n
+
+    @staticmethod
+    def backward(ctx, gy, _gmean, _gvar, _gn):
+        z, m, n, rstd, w = ctx.saved_tensors
+        N, C, L = z.shape
+        with _no_autocast(gy.device.type):
+            gy = gy.contiguous()
+            if m is not None:
+                gy = gy * m.view(N, 1, 1)
+            gbias = gy.sum((0, 2))
+            gweight = (gy * z).sum((0, 2))
+            if ctx.group is None:
+                sum_g, sum_gz = gbias, gweight
+            else:
+                sums = torch.stack([gbias, gweight])
+                dist.all_reduce(sums, group=ctx.group)
+                sum_g, sum_gz = sums[0], sums[1]
+            nc = n.clamp_min(1.0)
+            gx = (gy - (sum_g / nc).view(1, C, 1) - z * (sum_gz / nc).view(1, C, 1)) \
+                * (rstd * w).view(1, C, 1)
+            if m is not None:
+                gx = gx * m.view(N, 1, 1)
+            if ctx.record is not None:
+                # y depends on μ through (x − μ)·rstd and on σ² through rstd = (σ² + ε)^(−1/2):
+                # ∂L/∂μ = −w·rstd·Σg and ∂L/∂σ² = −½·w·rstd²·Σg·x̂ (x̂ = z), over the whole batch.
+                ctx.record["g_mu"] = _vec_dist(w * rstd * sum_g, torch.zeros_like(sum_g))
+                ctx.record["g_var"] = _vec_dist(0.5 * w * rstd * rstd * sum_gz, torch.zeros_like(sum_g))
+        return (gx, None, gweight if ctx.needs_input_grad[2] else None,
+                gbias if ctx.needs_input_grad[3] else None, None, None, None)
+
+
+@torch.no_grad()
+def _update_bn_running(module: nn.Module, mean, var, n) -> None:
+    """torch's BatchNorm update of running_mean/var (unbiased) and num_batches_tracked, without a
+    host sync; `momentum=None` is torch's cumulative average. A batch with no element (n = 0)
+    leaves the running statistics untouched."""
+    module.num_batches_tracked.add_(1)
+    if module.momentum is None:
+        mom = 1.0 / module.num_batches_tracked.to(mean.dtype)
+    else:
+        mom = torch.as_tensor(module.momentum, dtype=mean.dtype, device=mean.device)
+    mom = mom * (n > 0).to(mean.dtype)
+    unbiased = var * n / (n - 1).clamp_min(1.0)
+    module.running_mean.mul_(1 - mom).add_(mom * mean)
+    module.running_var.mul_(1 - mom).add_(mom * unbiased)
+
+
+def _bn_train_eager(module: nn.Module, x3: torch.Tensor, m: torch.Tensor | None,
+                    group) -> torch.Tensor:
+    """One training forward of a BN module through `_BatchNormFn` (synchronised over `group`
+    if given, recording into `module.last_stats` if `module.record_stats`)."""
+    record = {} if module.record_stats else None
+    if record is not None:
+        before = module.running_mean.clone(), module.running_var.clone()
+    y, mean, var, n = _BatchNormFn.apply(x3, m, module.weight, module.bias, module.eps, group,
+                                         record)
+    _update_bn_running(module, mean, var, n)
+    if record is not None:
+        record.update(n=n.detach().clone(), mu_dist=_vec_dist(mean, before[0]),
+                      var_dist=_vec_dist(var, before[1]))
+        module.last_stats = record  # the backward adds g_mu and g_var to this same dict
+    return y
 
 
 class MaskedBatchNorm(nn.Module):
@@ -305,7 +497,8 @@ class MaskedBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
-        self.stats_recorder: Callable | None = None
+        self.record_stats = False  # see "Batch-statistic recording" in the module docstring
+        self.last_stats: dict[str, torch.Tensor] = {}
 
     def forward(self, x, pad_mask=None):  # noqa: D102
         _check_seq(self, x, pad_mask)
@@ -316,24 +509,16 @@ class MaskedBatchNorm(nn.Module):
             scale = self.weight * torch.rsqrt(self.running_var + self.eps)
             shift = self.bias - self.running_mean * scale
             return torch.addcmul(shift, x2d, scale).mul_(m.unsqueeze(1)).reshape(T, B, C)
+        if self.record_stats:
+            return self._train_eager(x2d, m, None).reshape(T, B, C)
         n_real = m.sum()
         n = n_real.clamp_min(1.0)
         y, mean, var = _MaskedBatchNormFn.apply(x2d, m, n, self.weight, self.bias, self.eps)
-        with torch.no_grad():
-            self._update_running(mean, var, n_real)
-        if self.stats_recorder is not None:
-            self.stats_recorder(self, mean=mean.detach(), var=var.detach())
+        _update_bn_running(self, mean, var, n_real)
         return y.reshape(T, B, C)
 
-    @torch.no_grad()
-    def _update_running(self, mean, var, n_real):
-        # Without a host sync: a batch with no real token leaves the running statistics as they are.
-        has = (n_real > 0).to(mean.dtype)
-        mom = self.momentum * has
-        unbiased = var * n_real / (n_real - 1).clamp_min(1.0)
-        self.running_mean.mul_(1 - mom).add_(mom * mean)
-        self.running_var.mul_(1 - mom).add_(mom * unbiased)
-        self.num_batches_tracked.add_(1)
+    def _train_eager(self, x2d, m, group):
+        return _bn_train_eager(self, x2d.unsqueeze(-1), m, group).squeeze(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +538,8 @@ class PowerNormVanilla(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_features), requires_grad=affine)
         self.bias = nn.Parameter(torch.zeros(num_features), requires_grad=affine)
         self.register_buffer("running_phi", torch.ones(num_features))
-        self.stats_recorder: Callable | None = None
+        self.record_stats = False  # see "Batch-statistic recording" in the module docstring
+        self.last_stats: dict[str, torch.Tensor] = {}
 
     def forward(self, x, pad_mask=None):  # noqa: D102
         _check_seq(self, x, pad_mask)
@@ -363,22 +549,31 @@ class PowerNormVanilla(nn.Module):
         if self.training:
             n_real = m.sum()
             phi = torch.mv((x2d * x2d).t(), m) / n_real.clamp_min(1.0)
+            if self.record_stats:
+                self._record(phi, n_real)
             with torch.no_grad():
                 mom = self.momentum * (n_real > 0).to(phi.dtype)
                 self.running_phi.mul_(1 - mom).add_(mom * phi.detach())
-            if self.stats_recorder is not None:
-                self.stats_recorder(self, phi=phi.detach())
         else:
             phi = self.running_phi
         z = x2d * torch.rsqrt(phi + self.eps)
         y = torch.addcmul(self.bias, z, self.weight) * m.unsqueeze(1)
         return y.reshape(T, B, C)
 
+    def _record(self, phi: torch.Tensor, n_real: torch.Tensor) -> None:
+        # Called before the running update, so ψ² is the value from before this step.
+        record = {"n": n_real.detach().clone(), "psi_dist": _vec_dist(phi.detach(), self.running_phi)}
+        if phi.requires_grad:
+            def grab(grad, record=record):
+                record["g_psi"] = grad.norm() / grad.numel()
+            phi.register_hook(grab)
+        self.last_stats = record
+
 
 # --------------------------------------------------------------------------------------------
 # PowerNorm, faithful to the official code (PN)
 
-def _pn_fwd(x, m, n, weight, bias, running_phi, t, has, warmup_iters: int, eps: float,
+def _pn_fwd(x, m, n, weight, bias, running_phi, t, has, warmup_iters, *, eps: float,
             alpha_fwd: float, group_num: int):
     N, C = x.shape
     xv = x.reshape(N, group_num, C // group_num)
@@ -396,7 +591,7 @@ def _pn_fwd(x, m, n, weight, bias, running_phi, t, has, warmup_iters: int, eps: 
     return y, r, psi_b, phi_used, rp
 
 
-def _pn_bwd(gy, x, r, psi_b, phi_used, weight, ema_gz, eps: float, alpha_bkw: float,
+def _pn_bwd(gy, x, r, psi_b, phi_used, weight, ema_gz, *, eps: float, alpha_bkw: float,
             group_num: int):
     N, C = x.shape
     xsv = x.reshape(N, group_num, C // group_num) * r
@@ -430,8 +625,9 @@ class _PowerNormFn(torch.autograd.Function):
     def forward(ctx, x, m, n, weight, bias, running_phi, ema_gz, t, has, eps, alpha_fwd,
                 alpha_bkw, warmup_iters, group_num):
         with _no_autocast(x.device.type):
-            y, r, psi_b, phi_used, rp = _PN_FWD(x, m, n, weight, bias, running_phi, t, has,
-                                                warmup_iters, eps, alpha_fwd, group_num)
+            y, r, psi_b, phi_used, rp = _PN_FWD(
+                x, m, n, weight, bias, running_phi, t, has, torch.tensor(warmup_iters), eps=eps,
+                alpha_fwd=alpha_fwd, group_num=group_num)
         running_phi.copy_(rp)
         ctx.save_for_backward(x, r, psi_b, phi_used, weight, ema_gz)
         ctx.consts = (eps, alpha_bkw, group_num)
@@ -442,8 +638,9 @@ class _PowerNormFn(torch.autograd.Function):
         x, r, psi_b, phi_used, weight, ema_gz = ctx.saved_tensors
         eps, alpha_bkw, group_num = ctx.consts
         with _no_autocast(gy.device.type):
-            gx, gweight, gbias, new_ema = _PN_BWD(gy.contiguous(), x, r, psi_b, phi_used, weight,
-                                                  ema_gz, eps, alpha_bkw, group_num)
+            gx, gweight, gbias, new_ema = _PN_BWD(
+                gy.contiguous(), x, r, psi_b, phi_used, weight, ema_gz, eps=eps,
+                alpha_bkw=alpha_bkw, group_num=group_num)
         ema_gz.copy_(new_ema)
         return (gx, None, None, gweight if ctx.needs_input_grad[3] else None,
                 gbias if ctx.needs_input_grad[4] else None) + (None,) * 9
@@ -514,19 +711,26 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """torch's BatchNorm2d with the registry's shape checks."""
+    """torch's BatchNorm2d with the registry's shape checks (and, only while `record_stats` is
+    on, an eager path that records the batch statistics; same numbers)."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
-        self.stats_recorder: Callable | None = None
+        self.record_stats = False  # see "Batch-statistic recording" in the module docstring
+        self.last_stats: dict[str, torch.Tensor] = {}
 
     def forward(self, x):  # noqa: D102
         _check_img(self, x)
-        if self.training and self.stats_recorder is not None:
-            with torch.no_grad():
-                self.stats_recorder(self, mean=x.mean((0, 2, 3)), var=x.var((0, 2, 3), unbiased=False))
+        if self.training and self.record_stats:
+            return self._train_eager(x, None)
         return super().forward(x)
+
+    def _train_eager(self, x, group):
+        B, C, H, W = x.shape
+        ref = self.weight if self.weight is not None else self.running_mean
+        y = _bn_train_eager(self, _as_float(x, ref).reshape(B, C, H * W), None, group)
+        return y.reshape(B, C, H, W).to(x.dtype)
 
 
 class GroupNorm2d(nn.GroupNorm):
@@ -556,11 +760,54 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
 
 # --------------------------------------------------------------------------------------------
+# synchronised BatchNorm (statistics over every worker of a process group)
+
+class SyncMaskedBatchNorm(MaskedBatchNorm):
+    """`batch` with statistics over the non-pad tokens of every worker in `process_group`
+    (default: the whole world); exactly `batch` outside a process group of two or more workers
+    and in eval. Same buffers and state_dict as `batch`."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, process_group=None):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
+        self.process_group = process_group
+
+    def forward(self, x, pad_mask=None):  # noqa: D102
+        group = _sync_group(self.process_group) if self.training else None
+        if group is None:
+            return super().forward(x, pad_mask)
+        _check_seq(self, x, pad_mask)
+        T, B, C = x.shape
+        x2d = _as_float(x, self.weight).reshape(T * B, C)
+        m = _real_weights(x2d.view(T, B, C), pad_mask)
+        return self._train_eager(x2d, m, group).reshape(T, B, C)
+
+
+class SyncBatchNorm2d(BatchNorm2d):
+    """`batch2d` with statistics over every worker in `process_group` (default: the whole
+    world), on CPU (gloo) as on GPU (NCCL); exactly `batch2d` outside a process group of two or
+    more workers and in eval. Same buffers and state_dict as `batch2d`."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, process_group=None):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=affine)
+        self.process_group = process_group
+
+    def forward(self, x):  # noqa: D102
+        group = _sync_group(self.process_group) if self.training else None
+        if group is None:
+            return super().forward(x)
+        _check_img(self, x)
+        return self._train_eager(x, group)
+
+
+# --------------------------------------------------------------------------------------------
 # registry
 
 SEQUENCE_NORMS: dict[str, type[nn.Module]] = {
     "layer": SeqLayerNorm,
     "batch": MaskedBatchNorm,
+    "sync_batch": SyncMaskedBatchNorm,
     "power_vanilla": PowerNormVanilla,
     "power": PowerNorm,
     "rms": SeqRMSNorm,
@@ -570,6 +817,7 @@ SEQUENCE_NORMS: dict[str, type[nn.Module]] = {
 IMAGE_NORMS: dict[str, type[nn.Module]] = {
     "layer2d": LayerNorm2d,
     "batch2d": BatchNorm2d,
+    "sync_batch2d": SyncBatchNorm2d,
     "group2d": GroupNorm2d,
     "instance2d": InstanceNorm2d,
 }

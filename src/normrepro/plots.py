@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from normrepro import stats  # noqa: E402
 from normrepro.io import atomic_path  # noqa: E402
 
 FORMATS = ("png", "pdf")
@@ -83,13 +84,16 @@ def learning_curves(df: pd.DataFrame, x: str, y: str | Sequence[str], hue: str,
 def final_per_arm(runs: pd.DataFrame, metric: str, out_stem: str | Path, *, arm_col: str = "arm",
                   status_col: str = "status", order: Sequence[str] | None = None,
                   ylabel: str | None = None, title: str | None = None) -> list[Path]:
-    """Mean ± 95% CI per arm as a bar, each seed as a dot; unfinished runs are named per arm.
+    """Each seed as a dot, the arm's mean as a bar-free marker with its Student-t 95% CI.
 
-    A diverged run has no value to draw, so the x tick label says e.g. "bn (1 diverged)": the
-    figure must not look like a complete set of seeds when it is not.
+    The interval is `normrepro.stats.summarize`'s, the same one summary.csv and the report
+    print (seaborn's bootstrap interval would disagree with the table for 3 seeds). A diverged
+    run has no value to draw, so the x tick label says e.g. "bn (1 diverged)": the figure must
+    not look like a complete set of seeds when it is not.
     """
     order = _order(runs[arm_col], order)
-    finite = runs[np.isfinite(runs[metric].astype(float))]
+    values = runs[metric].astype(float)
+    finite = runs[np.isfinite(values)]
     tick_labels = []
     for arm in order:
         sub = runs[runs[arm_col] == arm]
@@ -97,19 +101,26 @@ def final_per_arm(runs: pd.DataFrame, metric: str, out_stem: str | Path, *, arm_
         extra = ", ".join(f"{n} {s}" for s, n in sorted(bad.items()))
         tick_labels.append(f"{arm}\n({extra})" if extra else arm)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(order), 3.6))
-    if not finite.empty:
-        sns.barplot(data=finite, x=arm_col, y=metric, order=order, errorbar=("ci", 95),
-                    capsize=0.15, alpha=0.45, ax=ax)
-        sns.stripplot(data=finite, x=arm_col, y=metric, order=order, color="black", size=6,
-                      jitter=0.12, ax=ax)
-        lo, hi = finite[metric].min(), finite[metric].max()
-        pad = max((hi - lo) * 0.6, 0.5)
-        ax.set_ylim(lo - pad, hi + pad)  # zoom on the seeds; a 0-based axis hides the spread
+    palette = sns.color_palette()
+    for i, arm in enumerate(order):
+        vals = finite[finite[arm_col] == arm][metric].astype(float).to_numpy()
+        if vals.size == 0:
+            continue
+        jitter = np.linspace(-0.12, 0.12, vals.size) if vals.size > 1 else np.zeros(1)
+        ax.scatter(i - 0.15 + jitter, vals, color="black", s=22, zorder=3,
+                   label="seed" if i == 0 else None)
+        s = stats.summarize(vals)
+        half = s["ci_half"] if math.isfinite(s["ci_half"]) else 0.0
+        ax.errorbar([i + 0.15], [s["mean"]], yerr=[half], fmt="D", color=palette[i % len(palette)],
+                    capsize=6, markersize=7, zorder=4,
+                    label="mean ± 95% CI" if i == 0 else None)
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels(tick_labels)
-    ax.set_xlabel("")
+    ax.set_xlim(-0.6, len(order) - 0.4)
     ax.set_ylabel(ylabel or metric)
     ax.grid(axis="y", alpha=0.3)
+    if not finite.empty:
+        ax.legend(loc="best", fontsize="small")
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -20,11 +20,13 @@ from normrepro.provenance import hardware_summary
 
 
 def fmt_num(value, digits: int = 2) -> str:
-    """A number for a table cell: fixed digits, 'n/a' for None/NaN, ints unchanged."""
+    """A table cell: floats with fixed digits, 'n/a' for None/NaN; ints and strings unchanged."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, str):
+        return value  # already formatted (e.g. "+0.06", "81.41 ± 0.09")
     if isinstance(value, int):
         return str(value)
     try:

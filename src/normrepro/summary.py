@@ -67,20 +67,34 @@ def find_run_dirs(root: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("*/seed*") if p.is_dir() and _SEED_DIR.match(p.name))
 
 
+def _relative_to(path: Path, root: str | Path) -> str:
+    """`path` relative to `root` when inside it (tables stay valid if results/ moves)."""
+    try:
+        return path.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve_run_dirs(runs: pd.DataFrame, root: str | Path) -> list[Path]:
+    """The run folders of a runs table, resolved against the folder the table describes."""
+    return [Path(root) / d for d in runs["run_dir"]]
+
+
 def collect_runs(root: str | Path, metric_keys: Sequence[str],
                  runs: Iterable[str | Path] | None = None) -> pd.DataFrame:
     """One row per run: arm, seed, status, run_dir and the requested metrics from final.json.
 
     `runs` restricts the table to these run folders (the Makefile passes exactly the arms × seeds
     of the current command, so stale folders from an earlier SEEDS= do not leak in); by default
-    every `<root>/<arm>/seed<k>` folder is used. A run without final.json gets status `missing`;
+    every `<root>/<arm>/seed<k>` folder is used. `run_dir` is stored relative to `root` (use
+    `resolve_run_dirs`). A run without final.json gets status `missing`;
     metrics of a run whose status is not `ok` are NaN, whatever final.json holds.
     """
     run_dirs = [Path(r) for r in runs] if runs is not None else find_run_dirs(root)
     rows = []
     for run_dir in run_dirs:
         arm, seed = _run_id(run_dir)
-        row: dict = {"arm": arm, "seed": seed, "run_dir": str(run_dir)}
+        row: dict = {"arm": arm, "seed": seed, "run_dir": _relative_to(run_dir, root)}
         final_path = run_dir / "final.json"
         if final_path.is_file():
             with open(final_path, encoding="utf-8") as fh:

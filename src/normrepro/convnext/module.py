@@ -251,17 +251,28 @@ class ConvNeXtClassifier(L.LightningModule):
 
     # ---------------------------------------------------------------- optimizer
     def configure_optimizers(self):
-        optim = self.cfg["optim"]
-        lr = scaled_lr(self.cfg, self.trainer.world_size)
-        opt = torch.optim.AdamW(param_groups(self.model, float(optim["weight_decay"])), lr=lr,
-                                betas=tuple(optim.get("betas", (0.9, 0.999))),
-                                eps=float(optim.get("eps", 1e-8)))
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = total / max(1, int(self.trainer.max_epochs))
-        warmup = int(round(float(optim.get("warmup_epochs", 0)) * per_epoch))
-        min_ratio = float(optim.get("min_lr", 0.0)) / lr if lr > 0 else 0.0
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total, min_ratio))
+        opt, sched = build_optimizer(self.cfg, self.model, self.trainer.world_size,
+                                     int(self.trainer.estimated_stepping_batches),
+                                     int(self.trainer.max_epochs))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def build_optimizer(cfg: dict, model: torch.nn.Module, world_size: int, total_steps: int,
+                    max_epochs: int):
+    """AdamW over `param_groups` and the per-step warm-up + cosine LambdaLR.
+
+    Used by the LightningModule and by the benchmark's bare loop, so both optimise identically.
+    """
+    optim = cfg["optim"]
+    lr = scaled_lr(cfg, world_size)
+    opt = torch.optim.AdamW(param_groups(model, float(optim["weight_decay"])), lr=lr,
+                            betas=tuple(optim.get("betas", (0.9, 0.999))),
+                            eps=float(optim.get("eps", 1e-8)))
+    per_epoch = total_steps / max(1, max_epochs)
+    warmup = int(round(float(optim.get("warmup_epochs", 0)) * per_epoch))
+    min_ratio = float(optim.get("min_lr", 0.0)) / lr if lr > 0 else 0.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total_steps, min_ratio))
+    return opt, sched
 
 
 def write_metrics_csv(path: str | Path, rows: list[dict]) -> None:

@@ -51,6 +51,9 @@ def check_config(cfg: dict, source: str = "config") -> dict:
                 raise ConfigError(f"{source}: missing {key!r}; resolve the run config with "
                                   "python -m normrepro.config resolve replications/convnext ...")
             node = node[part]
+    if cfg["model"].get("ema"):
+        raise ConfigError(f"{source}: model.ema is true, but weight EMA is not implemented; the "
+                          "paper turned it off for the BN/LN comparison (it hurts BN models)")
     return cfg
 
 

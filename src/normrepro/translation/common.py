@@ -1,33 +1,48 @@
-"""Small pieces shared by the translation stages: logging, run-folder layout, model loading."""
+"""Small pieces shared by the translation stages: logging, run-folder layout, weights loading.
+
+Imports nothing heavy at module level (the report stage uses it without torch or fairseq).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
-import torch
 import yaml
 
 LOG = logging.getLogger("normrepro.translation")
 
+# Columns of each run's metrics.csv (one row per validation); documented in the report.
+METRIC_COLUMNS = ("updates", "epoch", "train_loss", "train_nll_loss", "val_loss", "val_nll_loss", "val_ppl",
+                  "val_bleu", "lr", "train_tokens", "train_tokens_per_s", "wall_s")
+
 
 def quiet_logging(level: int = logging.INFO) -> None:
     """fairseq's text-to-speech task calls `logging.basicConfig(level=DEBUG)` at import, which
-    floods stderr with third-party debug lines; keep the root at WARNING and ours at `level`."""
+    floods stderr with third-party debug lines; keep the root at WARNING and ours at `level`.
+    Call again after importing lightning (it installs its own INFO handler)."""
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     if not root.handlers:
         logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
     LOG.setLevel(level)
-    for name in ("fairseq", "lightning", "lightning.pytorch", "filelock", "torch._inductor"):
+    for name in ("fairseq", "lightning", "lightning.pytorch", "lightning.fabric", "filelock", "torch._inductor"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # fairseq passes a float attention mask next to a bool padding mask (harmless, said every step).
+    warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask and attn_mask.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`torch.jit.script` is deprecated.*")
 
 
 def set_threads(n: int | None) -> None:
     """Pin intra-op threads (CPU runs); 0/None keeps torch's default."""
     if n:
+        import torch
+
         torch.set_num_threads(int(n))
 
 
@@ -61,6 +76,8 @@ def snapshot_paths(run_dir: str | Path) -> list[Path]:
 
 def load_weights(path: str | Path) -> dict:
     """A snapshot or averaged checkpoint: plain tensors and numbers, loaded with weights_only."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -70,10 +87,6 @@ def inverse_sqrt_lr(update: int, lr: float, warmup_updates: int, warmup_init_lr:
     if warmup_updates > 0 and update < warmup_updates:
         return warmup_init_lr + update * (lr - warmup_init_lr) / warmup_updates
     return lr * math.sqrt(max(warmup_updates, 1) / max(update, 1)) if warmup_updates > 0 else lr
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def env_flag(name: str) -> bool:

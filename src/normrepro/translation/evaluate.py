@@ -3,8 +3,9 @@
     python -m normrepro.translation.evaluate RUN_DIR --data data/processed/bible-de-en \\
         [--ood data/processed/bible-de-en/ood-ding-de-en] [--checkpoint averaged.pt]
 
-Beam 5, length penalty 1.0, max length 200 (fairseq-generate's defaults otherwise; the paper's
-`generate.py --beam 5 --lenpen 1.0 --remove-bpe`). Every test sentence is translated exactly once
+Beam 5, length penalty 1.0, maximum length a·src_len + b with fairseq-generate's defaults a=0,
+b=200 (the paper's `generate.py --beam 5 --lenpen 1.0 --remove-bpe`; `eval.max_len_a/b` may
+bound it, which the smoke profile does so that an untrained model does not emit 200 tokens). Every test sentence is translated exactly once
 (asserted: batches are built with `required_batch_size_multiple=1` and no length filter, and the
 ids returned must be exactly 0..N-1).
 
@@ -18,8 +19,10 @@ Two BLEU scores per test set:
   default 13a tokenization; case-insensitive because the models are trained on lowercased text
   (the signature says `c:lc`).
 
-Writes `hyps/<set>.{tok,detok}.txt` (line i = sentence i) and `final.json` (status ok/diverged,
-both BLEU scores and the sacreBLEU signature per set, the training summary), plus `env.json`.
+Writes `hyps/<set>.{tok,detok}.txt` (line i = sentence i; sets `test` and one per OOD folder,
+`ood-ding-de-en` -> `ding`) and `final.json`: status ok/diverged, `<set>_bleu_tok` and
+`<set>_bleu_sacre` at the top level (what `normrepro.summary` reads), details and signatures per
+set under `sets`, the training summary under `train`; plus `env.json`.
 A diverged run (non-finite loss, see `train.json`) is recorded with BLEU null, not an error.
 """
 
@@ -112,7 +115,7 @@ def _to_device(sample, device):
 
 
 def evaluate_set(model, dictionary, data_dir: Path, hyps_dir: Path, name: str, beam: int, lenpen: float,
-                 max_tokens: int, device) -> dict:
+                 max_tokens: int, device, max_len_a: float = 0, max_len_b: int = 200) -> dict:
     """Translate `data_dir`'s test split, write hypothesis files, return both BLEU scores."""
     from normrepro.translation.datamodule import load_pair_dataset
     from normrepro.translation.prepare import read_lines
@@ -124,7 +127,8 @@ def evaluate_set(model, dictionary, data_dir: Path, hyps_dir: Path, name: str, b
         raise AssertionError(f"{data_dir}: {len(dataset)} binarized vs {len(refs_tok)} tokenized vs "
                              f"{len(refs_raw)} raw test sentences")
     started = time.time()
-    hyps = translate(model, dataset, dictionary, beam=beam, lenpen=lenpen, max_tokens=max_tokens, device=device)
+    hyps = translate(model, dataset, dictionary, beam=beam, lenpen=lenpen, max_tokens=max_tokens, device=device,
+                     max_len_a=max_len_a, max_len_b=max_len_b)
     seconds = time.time() - started
     detok = detokenize(hyps)
     atomic_write_text(hyps_dir / f"{name}.tok.txt", "".join(h + "\n" for h in hyps))
@@ -152,6 +156,14 @@ def load_model(run_dir: Path, data_dir: Path, checkpoint: Optional[Path] = None,
     return model.to(device or torch.device("cpu")).eval(), dictionary, cfg, state
 
 
+def set_key(folder: str | Path) -> str:
+    """Short name of a test-only set: `.../ood-ding-de-en` -> `ding`."""
+    name = Path(folder).name
+    name = name[4:] if name.startswith("ood-") else name
+    name = name[: -len("-de-en")] if name.endswith("-de-en") else name
+    return name.replace("-", "_")
+
+
 def evaluate_run(run_dir: Path, data_dir: Path, ood_dirs: list[Path], checkpoint: Optional[Path] = None,
                  device: Optional[torch.device] = None) -> dict:
     started = time.time()
@@ -161,22 +173,30 @@ def evaluate_run(run_dir: Path, data_dir: Path, ood_dirs: list[Path], checkpoint
     ev = cfg.get("eval", {})
     final = {"arm": cfg.get("arm"), "seed": cfg.get("seed"), "profile": cfg.get("profile"),
              "dataset": str(data_dir.name), "train": train, "status": train.get("status", "ok")}
-    sets = {"test": data_dir} | {Path(d).name: Path(d) for d in ood_dirs}
+    sets = {"test": data_dir} | {set_key(d): Path(d) for d in ood_dirs}
+    final["sets"] = {}
     if final["status"] == "diverged":
         LOG.warning("%s diverged during training; recording BLEU as null", run_dir)
         for name in sets:
-            final[name] = {"bleu_tok": None, "bleu_sacre": None}
+            final["sets"][name] = {"bleu_tok": None, "bleu_sacre": None, "data": str(sets[name])}
     else:
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, dictionary, _, state = load_model(run_dir, data_dir, checkpoint, device)
         final["checkpoint"] = {"path": str(checkpoint or paths["averaged"]),
-                               "averaged": state.get("averaged", [])}
+                               "averaged": state.get("averaged", []), "updates": state.get("updates", [])}
         for name, folder in sets.items():
-            final[name] = evaluate_set(model, dictionary, folder, paths["hyps"], name,
-                                       int(ev.get("beam", 5)), float(ev.get("lenpen", 1.0)),
-                                       int(ev.get("max_tokens", 8000)), device)
-            if not all(math.isfinite(final[name][k]) for k in ("bleu_tok", "bleu_sacre")):
+            final["sets"][name] = evaluate_set(model, dictionary, folder, paths["hyps"], name,
+                                               int(ev.get("beam", 5)), float(ev.get("lenpen", 1.0)),
+                                               int(ev.get("max_tokens", 8000)), device,
+                                               float(ev.get("max_len_a", 0)), int(ev.get("max_len_b", 200)))
+            if not all(math.isfinite(final["sets"][name][k]) for k in ("bleu_tok", "bleu_sacre")):
                 final["status"] = "diverged"
+        final["bleu_tok_signature"] = final["sets"]["test"]["bleu_tok_signature"]
+        final["bleu_sacre_signature"] = final["sets"]["test"]["bleu_sacre_signature"]
+    # Flat keys for the generic summary (normrepro.summary reads numbers at the top level).
+    for name, res in final["sets"].items():
+        final[f"{name}_bleu_tok"] = res["bleu_tok"]
+        final[f"{name}_bleu_sacre"] = res["bleu_sacre"]
     final["eval_seconds"] = round(time.time() - started, 1)
     atomic_write_json(paths["final"], final)
     from normrepro.provenance import write_env_json
@@ -199,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logging()
     set_threads(args.threads)
     final = evaluate_run(args.run_dir, args.data, args.ood, args.checkpoint)
-    print(json.dumps({k: (v.get("bleu_tok"), v.get("bleu_sacre")) for k, v in final.items()
-                      if isinstance(v, dict) and "bleu_tok" in v}))
+    print(json.dumps({k: v for k, v in final.items() if k.endswith(("_bleu_tok", "_bleu_sacre"))}))
     return 0
 
 

@@ -64,7 +64,8 @@ class NormPlan:
     """Which norm sits at each position, with its constructor kwargs.
 
     `names[pos]` is a registry name; `kwargs[name]` applies to every position using that norm;
-    `overrides[pos]` may replace the name (`{"norm": ...}`) and/or add kwargs at one position.
+    `overrides[pos]` may replace the name (`{"norm": name}`) and add kwargs for one norm at that
+    position only (`{"power": {"warmup_iters": 1000}}`: used only if the norm there is `power`).
     PowerNorm's `group_num` defaults to the number of attention heads of that side, as the
     official code passes it.
     """
@@ -79,9 +80,13 @@ class NormPlan:
                 raise ValueError(f"unknown norm position {pos!r}; valid: {POSITIONS}")
             if name not in SEQUENCE_NORMS:
                 raise ValueError(f"{pos}: {name!r} is not a sequence norm; valid: {sorted(SEQUENCE_NORMS)}")
-        for pos in self.overrides:
+        for pos, ov in self.overrides.items():
             if pos not in POSITIONS:
                 raise ValueError(f"norm override for unknown position {pos!r}; valid: {POSITIONS}")
+            bad = [k for k in ov if k != "norm" and k not in SEQUENCE_NORMS]
+            if bad:
+                raise ValueError(f"norm_overrides.{pos}: {bad} are neither 'norm' nor norm names; "
+                                 'write e.g. {"power": {"warmup_iters": 1000}}')
 
     @classmethod
     def from_args(cls, args) -> "NormPlan":
@@ -97,7 +102,7 @@ class NormPlan:
     def build(self, position: str, dim: int, heads: int) -> nn.Module:
         name = self.names[position]
         kwargs = dict(self.kwargs.get(name) or {})
-        kwargs.update({k: v for k, v in (self.overrides.get(position) or {}).items() if k != "norm"})
+        kwargs.update((self.overrides.get(position) or {}).get(name) or {})
         if name in _GROUP_KWARG:
             kwargs.setdefault(_GROUP_KWARG[name], heads)
         return create_norm(name, dim, **kwargs)
@@ -297,7 +302,7 @@ class NormTransformerModel(TransformerModel):
         parser.add_argument("--norm-kwargs", type=str, metavar="JSON",
                             help='constructor kwargs per norm name, e.g. {"power": {"warmup_iters": 8000}}')
         parser.add_argument("--norm-overrides", type=str, metavar="JSON",
-                            help='per-position norm/kwargs, e.g. {"encoder_final": {"warmup_iters": 1000}}')
+                            help='per-position norm and kwargs, e.g. {"encoder_final": {"power": {"warmup_iters": 1000}}}')
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):

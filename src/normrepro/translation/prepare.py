@@ -171,8 +171,9 @@ def _clean_space(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Bible
 
-def bible_pairs(db: Path) -> list[tuple[tuple[int, int, int], str, str]]:
-    """(book, chapter, verse), German, English for every verse present in both translations."""
+def bible_pairs(db: Path, min_pairs: int = 30000) -> list[tuple[tuple[int, int, int], str, str]]:
+    """(book, chapter, verse), German, English for every verse present in both translations
+    (fewer than `min_pairs` means the file is not the expected database)."""
     if not Path(db).is_file():
         raise PrepareError(f"{db} not found; run `python -m normrepro.fetch bible-de-en "
                            f"--out {Path(db).parent}` first")
@@ -194,7 +195,7 @@ def bible_pairs(db: Path) -> list[tuple[tuple[int, int, int], str, str]]:
         en = _clean_space(en.replace("`", "'"))
         if de and en:
             out.append(((int(b), int(c), int(v)), de, en))
-    if len(out) < 1000:
+    if len(out) < min_pairs:
         raise PrepareError(f"{db}: only {len(out)} German/English verse pairs; expected ~31,102")
     return out
 

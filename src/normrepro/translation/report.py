@@ -1,0 +1,363 @@
+"""Stage `report`: `results/powernorm/report.md` from the files under results/ and paper.yaml.
+
+    python -m normrepro.translation.report --results results/powernorm [--datasets bible-de-en] \\
+        --paper replications/powernorm/paper.yaml --out results/powernorm/report.md
+
+Every number is read from a file: the paper's from paper.yaml; ours from
+`<data>/summary.csv`, `<data>/runs.csv`, each run's config.yaml, train.json, final.json, env.json,
+the prepared data's MANIFEST.json, and (when present) `crosscheck.json` and
+`results/bench/powernorm.json`. One section per data folder.
+
+Verdict rule per claim (d = mean(b) − mean(a) in test tokenized BLEU, [lo, hi] its Welch 95%
+interval, m = `report.margin` of the run config):
+  fewer than 2 finished seeds in an arm          -> inconclusive
+  superiority (LN > BN):   lo > 0 supported; hi < 0 contradicted; else inconclusive
+  non-inferiority (PN ≥ LN): lo > 0 supported (PN better); lo ≥ −m supported (not worse by more
+                           than m); hi < −m or (hi < 0 and lo < −m) contradicted; else inconclusive
+Diverged runs have no BLEU and are excluded from the interval; the verdict names them (a
+diverged BatchNorm run is itself evidence for LN > BN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from normrepro import report as rp
+from normrepro.config import ConfigError, load_yaml
+from normrepro.io import read_json
+from normrepro.stats import format_pm
+from normrepro.summary import SUMMARY_COLUMNS, read_summary, resolve_run_dirs
+from normrepro.translation.common import METRIC_COLUMNS
+from normrepro.translation.plot import figure_paths, paper_results
+
+NORM_TEXT = {"layer": "LayerNorm", "batch": "masked BatchNorm", "power_vanilla": "PowerNorm-vanilla",
+             "power": "PowerNorm", "rms": "RMSNorm", "group": "GroupNorm", "instance": "InstanceNorm"}
+METRICS_DOC = {
+    "updates": "optimizer updates so far", "epoch": "epoch in progress (1-based)",
+    "train_loss": "label-smoothed training loss since the previous validation (bits/token)",
+    "train_nll_loss": "training NLL since the previous validation (bits/token)",
+    "val_loss": "label-smoothed validation loss (bits/token), fairseq's `valid_loss`",
+    "val_nll_loss": "validation NLL (bits/token)", "val_ppl": "2^val_nll_loss",
+    "val_bleu": "greedy tokenized BLEU on the first `val_bleu.sentences` validation sentences",
+    "lr": "learning rate after the last update", "train_tokens": "target tokens since the previous validation",
+    "train_tokens_per_s": "training throughput (target tokens/s) since the previous validation",
+    "wall_s": "wall time since the start of training",
+}
+assert set(METRICS_DOC) == set(METRIC_COLUMNS), "document every metrics.csv column"
+RUNS_COLUMNS = {
+    "arm": "arm (ln, bn, pn_v, pn; extra: bn_dec, pn_dec)", "seed": "training seed",
+    "status": "`ok`, `diverged` (non-finite loss) or `missing` (no final.json)",
+    "test_bleu_tok": "test tokenized BLEU (the paper's metric)",
+    "test_bleu_sacre": "test sacreBLEU, detokenized, case-insensitive",
+    "<ood>_bleu_tok / _sacre": "the same on an out-of-domain test set (ding = Ding dictionary sentences)",
+    "run_dir": "run folder relative to the data folder",
+}
+
+
+def verdict(test: str, d: float, lo: float, hi: float, margin: float, n_a: int, n_b: int,
+            a: str, b: str) -> tuple[str, str]:
+    if n_a < 2 or n_b < 2 or not all(math.isfinite(v) for v in (d, lo, hi)):
+        return "inconclusive", f"inconclusive: an interval needs ≥ 2 finished seeds per arm ({a}: {n_a}, {b}: {n_b})"
+    if lo > 0:
+        return "supported", f"supported: {b} is better (the interval excludes 0)"
+    if test == "superiority":
+        if hi < 0:
+            return "contradicted", f"contradicted: {b} is worse (the interval excludes 0)"
+        return "inconclusive", "inconclusive: the interval contains 0"
+    if lo >= -margin:
+        return "supported", f"supported: {b} is not worse than {a} by more than {margin:g} BLEU"
+    if hi < -margin or hi < 0:
+        return "contradicted", f"contradicted: {b} is worse than {a}" + (
+            f" by more than {margin:g} BLEU" if hi < -margin else " (the interval excludes 0)")
+    return "inconclusive", f"inconclusive: the interval contains 0 and losses beyond {margin:g} BLEU"
+
+
+def _signed(x, digits: int = 2) -> str:
+    x = float(x)
+    return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def _get(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _load(ds_dir: Path):
+    summary = read_summary(ds_dir / "summary.csv")
+    runs = pd.read_csv(ds_dir / "runs.csv")
+    details = []
+    for run_dir, row in zip(resolve_run_dirs(runs, ds_dir), runs.to_dict("records")):
+        d = {"row": row, "dir": run_dir}
+        for name in ("config.yaml", "final.json", "train.json", "env.json"):
+            path = run_dir / name
+            if path.is_file():
+                d[name] = load_yaml(path) if name.endswith(".yaml") else read_json(path)
+        details.append(d)
+    return summary, runs, details
+
+
+def _data_manifest(final: dict) -> dict:
+    path = Path((final.get("sets") or {}).get("test", {}).get("data", "")) / "MANIFEST.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def _arms_text(configs: dict) -> str:
+    parts = []
+    for arm, cfg in configs.items():
+        m = cfg["model"]
+        parts.append(f"`{arm}` = encoder {NORM_TEXT.get(m['encoder_norm'], m['encoder_norm'])}, "
+                     f"decoder {NORM_TEXT.get(m['decoder_norm'], m['decoder_norm'])}")
+    return "; ".join(parts)
+
+
+def _deviations(paper: dict, cfg: dict, data_name: str, manifest: dict) -> list[str]:
+    out = []
+    for key, theirs in (paper.get("setup") or {}).items():
+        ours = _get(cfg, key)
+        if ours != theirs:
+            out.append(f"`{key}`: paper {theirs!r}, ours {ours!r}")
+    if cfg.get("dataset") != "iwslt14":
+        out.append(f"data: {data_name} (Bible verses, Elberfelder 1905 → World English Bible), not IWSLT14 TED "
+                   "talks; absolute BLEU is not comparable with the paper, the differences between arms are")
+    t = cfg["trainer"]
+    if t.get("max_updates"):
+        out.append(f"training stops after {t['max_updates']} updates (the paper trains to convergence with "
+                   f"early stopping, tens of thousands of updates)")
+    if t.get("val_every_updates"):
+        out.append(f"snapshots (and the averaged last {t.get('keep_snapshots')}) are taken every "
+                   f"{t['val_every_updates']} updates instead of at epoch ends")
+    if (manifest.get("options") or {}).get("subset"):
+        out.append(f"a subset of the corpus: {manifest['options']['subset']} sentences (max "
+                   f"{manifest['options'].get('max_words')} words)")
+    out.append("Moses tokenization by sacremoses without HTML escaping (tokenized BLEU is unchanged: "
+               "tokens map one to one); PowerNorm's final encoder norm warms up for the LR warm-up like "
+               "the others unless a profile sets `norm_overrides.encoder_final.power.warmup_iters` (the official "
+               "code leaves it at its default 1000; the gpu and paper profiles do)")
+    return out
+
+
+def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: Path) -> tuple[str, dict]:
+    data_name = ds_dir.name
+    summary, runs, details = _load(ds_dir)
+    configs = {}
+    for d in details:
+        if "config.yaml" in d:
+            configs.setdefault(d["row"]["arm"], d["config.yaml"])
+    if not configs:
+        raise FileNotFoundError(f"no run config under {ds_dir}; run the pipeline first")
+    cfg = next(iter(configs.values()))
+    finals = [d["final.json"] for d in details if "final.json" in d]
+    trains = [d["train.json"] for d in details if "train.json" in d]
+    manifest = _data_manifest(finals[0]) if finals else {}
+    stats = manifest.get("stats", {})
+    margin = float(_get(cfg, "report.margin") or 0.5)
+    seeds = {arm: sorted(runs[runs["arm"] == arm]["seed"].tolist()) for arm in runs["arm"].unique()}
+    m, t, o = cfg["model"], cfg["trainer"], cfg["optim"]
+    params = sorted({tr["parameters"] for tr in trains if tr.get("parameters")})
+    updates = sorted({tr["updates"] for tr in trains if tr.get("updates") is not None})
+    epochs = sorted({tr.get("epochs") for tr in trains if tr.get("epochs") is not None})
+    ood_sets = [k for k in (finals[0].get("sets") or {}) if k != "test"] if finals else []
+    ood_sizes = {k: finals[0]["sets"][k].get("sentences") for k in ood_sets}
+
+    lines = [f"## {data_name}", "", "### Our setting", ""]
+    lines += [
+        f"- **Data**: `{cfg.get('dataset')}` prepared as `{data_name}`: {stats.get('train.sentences', 'n/a')} "
+        f"training / {stats.get('valid.sentences', 'n/a')} validation / {stats.get('test.sentences', 'n/a')} test "
+        f"sentence pairs, {stats.get('train.en.bpe_tokens', 'n/a')} target tokens per epoch, joint BPE "
+        f"{(manifest.get('options') or {}).get('bpe_size', 'n/a')} merges (lowercased Moses tokens). "
+        + ("Out-of-domain: " + ", ".join(f"`{k}` ({n} sentences)" for k, n in ood_sizes.items()) + "."
+           if ood_sets else ""),
+        f"- **Model**: fairseq transformer `{m['arch']}`, {m['encoder_layers']}+{m['decoder_layers']} layers, "
+        f"d={m['encoder_embed_dim']}, FFN {m['encoder_ffn_embed_dim']}, {m['encoder_attention_heads']} heads, "
+        f"{'pre' if m.get('encoder_normalize_before') else 'post'}-norm, shared embeddings, dropout {m['dropout']}; "
+        f"{', '.join(f'{p:,}' for p in params) or 'n/a'} parameters. Arms: {_arms_text(configs)}.",
+        f"- **Training**: {', '.join(map(str, updates)) or 'n/a'} updates "
+        f"({', '.join(f'{e:g}' for e in epochs) or 'n/a'} epochs) of ≤ {cfg['data']['max_tokens']} tokens, "
+        f"Adam(0.9, 0.98), lr {o['lr']:g} with inverse-sqrt decay after {o['warmup_updates']} warm-up updates "
+        f"(PowerNorm warm-up the same), weight decay {o['weight_decay']:g}, label smoothing {o['label_smoothing']}, "
+        f"clip-norm {o.get('clip_norm')}; checkpoint = average of the last {t.get('keep_snapshots')} snapshots.",
+        f"- **Evaluation**: beam {cfg['eval']['beam']}, length penalty {cfg['eval']['lenpen']}, every test "
+        "sentence translated once (asserted).",
+        "- **Seeds**: " + "; ".join(f"{arm}: {', '.join(map(str, s))}" for arm, s in seeds.items())
+        + f" (profile `{cfg.get('profile')}`).",
+        rp.environment_section([d["dir"] / "env.json" for d in details], what="runs (train + evaluate)"),
+        "",
+    ]
+    # ---- results per arm
+    metrics = [c for c in runs.columns if c.endswith(("_bleu_tok", "_bleu_sacre"))]
+    by = {k: summary[(summary["metric"] == k)].set_index("name") for k in metrics}
+    rows = []
+    for arm in by["test_bleu_tok"][by["test_bleu_tok"]["kind"] == "arm"].index:
+        r = by["test_bleu_tok"].loc[arm]
+        row = {"arm": arm, "seeds ok / run": f"{int(r['n'])} / {int(r['n_runs'])}",
+               "test BLEU (tok) ± 95% CI": format_pm(r["mean"], r["ci_half"]), "std": rp.fmt_num(r["std"])}
+        for k in metrics[1:]:
+            rr = by[k].loc[arm]
+            row[k.replace("_bleu_tok", " BLEU (tok)").replace("_bleu_sacre", " sacreBLEU")] = format_pm(rr["mean"], rr["ci_half"])
+        row["status"] = r["status"]
+        rows.append(row)
+    lines += ["### Results (averaged checkpoint)", "", rp.markdown_table(rows), ""]
+    diff_rows = []
+    for name in by["test_bleu_tok"][by["test_bleu_tok"]["kind"] == "diff"].index:
+        row = {"difference": name}
+        for k in metrics:
+            rr = by[k].loc[name]
+            row[k] = f"{_signed(rr['mean'])} ± {rp.fmt_num(rr['ci_half'])}"
+        diff_rows.append(row)
+    if diff_rows:
+        lines += ["Differences of means with Welch 95% intervals (BLEU points):", "", rp.markdown_table(diff_rows), ""]
+    lines += ["Per run (`runs.csv`):", "", rp.markdown_table(runs.drop(columns=["run_dir"])), ""]
+    # ---- ours vs paper
+    theirs = paper_results(paper)
+    tok = by["test_bleu_tok"]
+    cmp_rows = []
+    for arm in ("ln", "bn", "pn_v", "pn"):
+        if arm in tok.index or arm in theirs:
+            cmp_rows.append({"arm": arm, "paper (IWSLT14, tokenized BLEU)": rp.fmt_num(theirs.get(arm), 1),
+                             f"ours ({data_name})": format_pm(tok.loc[arm, "mean"], tok.loc[arm, "ci_half"])
+                             if arm in tok.index else "n/a"})
+    rel = paper["results"]["iwslt14"].get("released_checkpoint")
+    lines += ["### Ours vs the paper", "", rp.markdown_table(cmp_rows), ""]
+    if rel:
+        lines += [f"The released {rel['arm'].upper()} checkpoint scores {rel['bleu']} ({rel['source']}).", ""]
+    # ---- verdicts
+    lines += ["### Verdict per claim", ""]
+    info = {"data_name": data_name, "dataset": cfg.get("dataset"), "profile": cfg.get("profile"),
+            "seeds": sorted({s for v in seeds.values() for s in v}), "arms": list(seeds), "verdicts": {}}
+    for claim in paper.get("claims", []):
+        a, b = claim["a"], claim["b"]
+        name = f"{b} - {a}"
+        paper_d = theirs[b] - theirs[a] if a in theirs and b in theirs else math.nan
+        if name not in tok.index:
+            lines += [f"- **{claim['text']}**: not run here (arms {a} and {b} are both needed).", ""]
+            continue
+        d = tok.loc[name]
+        n_a = int(tok.loc[a, "n"]) if a in tok.index else 0
+        n_b = int(tok.loc[b, "n"]) if b in tok.index else 0
+        cat, sentence = verdict(claim.get("test", "superiority"), float(d["mean"]), float(d["ci_low"]),
+                                float(d["ci_high"]), margin, n_a, n_b, a, b)
+        div = {arm: int(tok.loc[arm, "n_diverged"]) for arm in (a, b) if arm in tok.index}
+        note = "".join(f" {arm.upper()} diverged in {k} of {int(tok.loc[arm, 'n_runs'])} runs (no BLEU; "
+                       "excluded from the interval)." for arm, k in div.items() if k)
+        lines += [f"- **{claim['text']}** — ours: {b} − {a} = **{_signed(d['mean'])} ± {rp.fmt_num(d['ci_half'])}** "
+                  f"BLEU (95% CI [{_signed(d['ci_low'])}, {_signed(d['ci_high'])}], {n_b} vs {n_a} seeds); "
+                  f"paper: {_signed(paper_d, 1)}. **{sentence}**.{note}", ""]
+        info["verdicts"][claim["id"]] = cat
+    lines += [f"Rule: see `python -m normrepro.translation.report --help`; margin m = {margin:g} BLEU "
+              "(`report.margin`). Our absolute BLEU is on a different corpus and model size; only the "
+              "sign and size of the differences are compared with the paper.", ""]
+    sigs = sorted({f.get("bleu_sacre_signature") for f in finals if f.get("bleu_sacre_signature")})
+    tsigs = sorted({f.get("bleu_tok_signature") for f in finals if f.get("bleu_tok_signature")})
+    lines += ["BLEU signatures: tokenized " + ", ".join(f"`{s}`" for s in tsigs)
+              + "; sacreBLEU " + ", ".join(f"`{s}`" for s in sigs) + ".", ""]
+    # ---- figures
+    stems = figure_paths(figures_dir, data_name)
+    figs = [(stems["curves"], "validation loss and greedy BLEU per update, mean ± 1 std over seeds"),
+            (stems["final-bleu"], "test tokenized BLEU per arm, each seed a dot"),
+            (stems["ours-vs-paper"], "ours vs paper Table 1")]
+    present = [(s, alt) for s, alt in figs if s.with_name(s.name + ".png").exists()]
+    if present:
+        lines += ["### Figures", ""]
+        for stem, alt in present:
+            lines += [rp.figure_line(stem.with_name(stem.name + ".png"), report_path, alt), ""]
+    lines += ["### Deviations from the paper", ""] + [f"- {x}" for x in _deviations(paper, cfg, data_name, manifest)] + [""]
+    return "\n".join(lines), info
+
+
+def crosscheck_section(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    cc = read_json(path)
+    rows = [{"trainer": k, **{c: v for c, v in cc["results"][k].items() if not isinstance(v, (dict, list))}}
+            for k in cc["results"]]
+    return ["## Cross-check against fairseq-train", "",
+            f"Arm `{cc.get('arm')}`, seed {cc.get('seed')}, data `{cc.get('data')}`, {cc.get('updates')} updates, same "
+            "binarized data, batches and model config; the Lightning module vs `fairseq-train --user-dir "
+            "src/normrepro/translation/fairseq_plugin` + `fairseq-generate` (from `crosscheck.json`):", "",
+            rp.markdown_table(rows, digits=3), ""] + ([cc["note"], ""] if cc.get("note") else [])
+
+
+def bench_section(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    b = read_json(path)
+    return ["## Training throughput", "",
+            f"Target tokens/s on `{b.get('device')}` (`{path}`): Lightning {rp.fmt_num(b.get('lightning_tokens_per_s'), 0)}, "
+            f"fairseq-train {rp.fmt_num(b.get('fairseq_tokens_per_s'), 0)}, ratio "
+            f"**{rp.fmt_num(b.get('ratio'), 2)}×** (target ≥ 1.0×; model `{b.get('model')}`, {b.get('updates')} timed updates).", ""]
+
+
+def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path, figures_dir: Path,
+                 bench: Path) -> str:
+    paper = load_yaml(paper_path)
+    meta = paper["paper"]
+    theirs = paper["results"]["iwslt14"]
+    head = ["# PowerNorm: LayerNorm vs BatchNorm vs PowerNorm in a Transformer translator", "",
+            f"_Generated by `python -m normrepro.translation.report` from `{results}/` and `{paper_path}`; do not "
+            "edit by hand._", "", "## The claim", "", paper["claim"], "",
+            f"Source: {meta['authors']}, *{meta['title']}*, {meta['venue']}, arXiv:{meta['arxiv']} ({meta['url']}); "
+            f"code {meta['code']}.", "", f"Paper's numbers ({theirs['label']}, {paper['metric']}):", "",
+            rp.markdown_table([{"arm": a, "BLEU": v["bleu"], "note": v.get("note", "")}
+                               for a, v in theirs["arms"].items()], digits=1), ""]
+    sections, infos = [], []
+    for ds in datasets:
+        text, info = dataset_section(results / ds, paper, out, figures_dir)
+        sections.append(text)
+        infos.append(info)
+    tail = crosscheck_section(results / "crosscheck.json") + bench_section(bench)
+    tail += ["## Files", "",
+             "Per data folder `results/powernorm/<data>/`: `summary.csv`, `runs.csv` and `<arm>/seed<k>/` with "
+             "`config.yaml` (resolved config), `metrics.csv` (per validation), `train.json`, `final.json` (BLEU, "
+             "status, signatures), `env.json`, `hyps/` (hypotheses, line i = test sentence i).", "",
+             "`summary.csv` columns:", "", rp.column_docs(SUMMARY_COLUMNS), "",
+             "`runs.csv` columns:", "", rp.column_docs(RUNS_COLUMNS), "",
+             "`metrics.csv` columns:", "", rp.column_docs(METRICS_DOC), "", "## How to regenerate", ""]
+    commands = []
+    for info in infos:
+        commands.append(f"make replicate-powernorm PROFILE={info['profile']} DATASET={info['dataset']} "
+                        f"ARMS=\"{' '.join(info['arms'])}\" SEEDS=\"{' '.join(map(str, info['seeds']))}\"")
+    commands.append(f"python -m normrepro.translation.report --results {results} --datasets {' '.join(datasets)} "
+                    f"--paper {paper_path} --out {out}")
+    tail += [rp.regenerate_block(commands, "`make` redoes only stale stages; an interrupted training resumes "
+                                 "from its last checkpoint. The last line rebuilds only this file.")]
+    return "\n".join(head + sections + tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m normrepro.translation.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", default="results/powernorm")
+    parser.add_argument("--datasets", nargs="*", default=None, help="data folders (default: all with summary.csv)")
+    parser.add_argument("--paper", default="replications/powernorm/paper.yaml")
+    parser.add_argument("--figures", default=None, help="default: RESULTS/figures")
+    parser.add_argument("--bench", default="results/bench/powernorm.json")
+    parser.add_argument("--out", default=None, help="default: RESULTS/report.md")
+    args = parser.parse_args(argv)
+    results = Path(args.results)
+    datasets = args.datasets or sorted(p.parent.name for p in results.glob("*/summary.csv"))
+    if not datasets:
+        print(f"error: no {results}/<data>/summary.csv found; run the summarize stage", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else results / "report.md"
+    figures = Path(args.figures) if args.figures else results / "figures"
+    try:
+        text = build_report(results, datasets, Path(args.paper), out, figures, Path(args.bench))
+    except (FileNotFoundError, ConfigError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rp.write_report(out, text)
+    print(f"[report] wrote {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Stage `summarize`: every run's final.json → `summary.csv` and `runs.csv` of one dataset.
+
+    python -m normrepro.translation.summarize --out results/powernorm/<data>/summary.csv \\
+        --runs results/powernorm/<data>/ln/seed1 ... [--root results/powernorm/<data>]
+
+Metrics (keys of final.json): `test_bleu_tok` (the paper's tokenized BLEU), `test_bleu_sacre`,
+and the same on every out-of-domain set present (`ding_bleu_tok`, ...). Per arm: n, mean, std,
+95% t-interval over seeds; per pair: the difference of means with a Welch 95% interval
+(`normrepro.summary`, whose `SUMMARY_COLUMNS` documents each column). Pairs (`PAIRS`): the
+paper's claims `pn - ln` and `ln - bn`, then `pn_v - ln`, `pn - pn_v`, `pn - bn` and the extra
+decoder arms against their encoder-only versions. Diverged runs stay in both tables with their
+status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from normrepro.summary import collect_runs, write_summary
+
+ARM_ORDER = ("ln", "bn", "pn_v", "pn", "bn_dec", "pn_dec")
+BASE_METRICS = ("test_bleu_tok", "test_bleu_sacre")
+# (A, B) pairs reported as B - A: the paper's claims (pn - ln, ln - bn), then the other contrasts.
+PAIRS = (("ln", "pn"), ("bn", "ln"), ("ln", "pn_v"), ("pn_v", "pn"), ("bn", "pn"), ("ln", "bn_dec"),
+         ("ln", "pn_dec"), ("bn", "bn_dec"), ("pn", "pn_dec"))
+
+
+def metric_keys(run_dirs: list[Path]) -> list[str]:
+    """Test metrics plus `<set>_bleu_*` of every out-of-domain set some run was scored on."""
+    sets = []
+    for run in run_dirs:
+        final = Path(run) / "final.json"
+        if final.is_file():
+            data = json.loads(final.read_text(encoding="utf-8"))
+            for k in data:
+                if k.endswith("_bleu_tok") and k != "test_bleu_tok" and k[: -len("_bleu_tok")] not in sets:
+                    sets.append(k[: -len("_bleu_tok")])
+    return list(BASE_METRICS) + [f"{s}_{m}" for s in sorted(sets) for m in ("bleu_tok", "bleu_sacre")]
+
+
+def pairs_for(arms: list[str]) -> list[tuple[str, str]]:
+    pairs = [p for p in PAIRS if set(p) <= set(arms)]
+    pairs += [("ln", a) for a in arms if a not in ARM_ORDER and "ln" in arms]
+    return pairs
+
+
+def summarize(out: str | Path, runs: list[str] | None = None, root: str | Path | None = None):
+    out = Path(out)
+    root = Path(root) if root else out.parent
+    run_dirs = [Path(r) for r in runs] if runs else sorted(p for p in root.glob("*/seed*") if p.is_dir())
+    keys = metric_keys(run_dirs)
+    table = collect_runs(root, keys, run_dirs)
+    if table.empty:
+        raise FileNotFoundError(f"no runs found under {root}; train and evaluate first")
+    arms = [a for a in ARM_ORDER if a in set(table["arm"])]
+    arms += sorted(set(table["arm"]) - set(arms))
+    return write_summary(table, keys, out, pairs=pairs_for(arms), arm_order=arms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m normrepro.translation.summarize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="summary.csv to write (runs.csv goes beside it)")
+    parser.add_argument("--runs", nargs="*", default=None, help="run folders <root>/<arm>/seed<k>")
+    parser.add_argument("--root", default=None, help="default: the folder of --out")
+    args = parser.parse_args(argv)
+    try:
+        summary = summarize(args.out, args.runs, args.root)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for row in summary[summary["metric"] == "test_bleu_tok"].itertuples():
+        print(f"[summarize] {row.kind:>4} {row.name:>10}: test tokenized BLEU {row.mean:.2f} ± "
+              f"{row.ci_half:.2f} (n={row.n}, {row.status})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Train one arm × seed with Lightning; resume it if it was interrupted.
+
+    python -m normrepro.translation.train RUN_DIR --data data/processed/bible-de-en
+
+RUN_DIR must hold the resolved `config.yaml` (`python -m normrepro.config resolve ...`). Writes
+`metrics.csv` and weight snapshots during training (see `module.RunRecorder`), a resumable
+Lightning checkpoint `checkpoints/last.ckpt` every `trainer.resume_every_updates` updates and at
+every validation, and finally `train.json` (status ok/diverged, updates, epochs, wall time,
+tokens/s), which marks the run as trained. If `train.json` is missing but `last.ckpt` exists, the
+run continues from it (same batches, same dropout masks, see `datamodule` and `module`).
+
+Stopping: `trainer.max_updates` (fairseq `--max-update`), `trainer.max_epochs`, early stopping
+after `trainer.early_stop_patience` validations without a lower validation loss. Validation runs
+every epoch, or every `trainer.val_every_updates` updates when that is set (short runs, where
+the last five snapshots must not be five epochs apart).
+
+Precision: `trainer.precision: auto` is bf16-mixed on a GPU, fp32 on CPU. Several GPUs: DDP
+through Lightning (`trainer.devices`), batches sharded by the data module's sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from normrepro.io import atomic_write_json, atomic_write_text
+from normrepro.translation.common import LOG, load_config, model_args, quiet_logging, run_paths, set_threads
+
+
+def _precision(value: str) -> str:
+    if value in (None, "auto"):
+        return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    return str(value)
+
+
+def build(cfg: dict, data_dir: Path, run_dir: Path):
+    """(trainer, module, datamodule, recorder) for a resolved config."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from normrepro.translation.datamodule import TranslationDataModule
+    from normrepro.translation.module import RunRecorder, TranslationModule
+
+    quiet_logging()  # again: lightning installed its own INFO handler on import
+
+    seed = int(cfg["seed"])
+    t, d, o = cfg["trainer"], cfg["data"], cfg["optim"]
+    L.seed_everything(seed, workers=True, verbose=False)
+    dm = TranslationDataModule(data_dir, max_tokens=d["max_tokens"], max_sentences=d.get("max_sentences"),
+                               seed=seed, train_max_positions=d.get("train_max_positions"),
+                               eval_max_tokens=cfg.get("eval", {}).get("max_tokens"),
+                               num_workers=int(d.get("num_workers", 0)))
+    # fairseq seeds the model initialisation with the run seed too.
+    torch.manual_seed(seed)
+    module = TranslationModule(model_args(cfg), dm.dictionary, o, label_smoothing=o.get("label_smoothing", 0.1),
+                               seed=seed, val_bleu=cfg.get("val_bleu"))
+    paths = run_paths(run_dir)
+    recorder = RunRecorder(run_dir, keep=int(t.get("keep_snapshots", 5)))
+    resume_ckpt = ModelCheckpoint(dirpath=paths["checkpoints"], filename="last", save_top_k=0, save_last=True,
+                                  every_n_train_steps=int(t.get("resume_every_updates") or 0) or None,
+                                  enable_version_counter=False)
+    callbacks = [recorder, resume_ckpt]
+    if t.get("early_stop_patience"):
+        callbacks.append(EarlyStopping("val_loss", patience=int(t["early_stop_patience"]), mode="min",
+                                       check_finite=False))
+    val_every = t.get("val_every_updates")
+    devices = t.get("devices", "auto")
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cpu":
+        devices = 1
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=devices,
+        strategy="ddp" if accelerator == "gpu" and (devices not in (1, "1") and torch.cuda.device_count() > 1) else "auto",
+        precision=_precision(t.get("precision", "auto")),
+        max_steps=int(t.get("max_updates") or -1), max_epochs=int(t.get("max_epochs") or 10_000),
+        val_check_interval=int(val_every) if val_every else None,
+        check_val_every_n_epoch=None if val_every else 1,
+        gradient_clip_val=float(o.get("clip_norm") or 0) or None, gradient_clip_algorithm="norm",
+        num_sanity_val_steps=0, use_distributed_sampler=False, callbacks=callbacks, logger=False,
+        enable_progress_bar=bool(t.get("progress_bar", False)), enable_model_summary=False,
+        default_root_dir=str(run_dir), deterministic=False,
+    )
+    return trainer, module, dm, recorder
+
+
+def train_run(run_dir: Path, data_dir: Path) -> dict:
+    paths = run_paths(run_dir)
+    cfg = load_config(paths["config"])
+    set_threads(cfg["trainer"].get("threads"))
+    trainer, module, dm, recorder = build(cfg, data_dir, run_dir)
+    ckpt = paths["last"] if paths["last"].is_file() else None
+    if ckpt is not None:
+        LOG.info("resuming %s from %s", run_dir, ckpt)
+    started = time.time()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    # Time before an interruption is known up to the last validation (the metrics row).
+    wall = recorder.wall_offset + time.time() - started
+    rows = recorder.rows
+    finite = [r for r in rows if math.isfinite(float(r["val_loss"]))]
+    status = "diverged" if module.diverged else "ok"
+    summary = {
+        "status": status,
+        "updates": int(trainer.global_step),
+        "stopped_by": _stop_reason(trainer, cfg),
+        "wall_time_s": round(wall, 1),
+        "train_tokens": int(sum(int(r["train_tokens"]) for r in rows)),
+        "best_val_loss": min((float(r["val_loss"]) for r in finite), default=None),
+        "last_val_loss": float(rows[-1]["val_loss"]) if rows else None,
+        "dropped_train_sentences": dm.dropped_train,
+        "batches_per_epoch": len(dm.train_sampler) if dm.train_sampler is not None else None,
+        "parameters": sum(p.numel() for p in module.model.parameters()),
+        "precision": trainer.precision,
+        "world_size": trainer.world_size,
+        "resumed": ckpt is not None,
+    }
+    summary["train_tokens_per_s"] = summary["train_tokens"] / wall if wall > 0 else None
+    if summary["batches_per_epoch"]:
+        summary["epochs"] = round(summary["updates"] / summary["batches_per_epoch"], 3)
+    if trainer.is_global_zero:
+        atomic_write_json(paths["train"], summary)
+    return summary
+
+
+def _stop_reason(trainer, cfg) -> str:
+    t = cfg["trainer"]
+    if getattr(trainer.lightning_module, "diverged", False):
+        return "diverged"
+    if t.get("max_updates") and trainer.global_step >= int(t["max_updates"]):
+        return "max_updates"
+    for cb in trainer.callbacks:
+        if type(cb).__name__ == "EarlyStopping" and getattr(cb, "stopped_epoch", 0):
+            return "early_stopping"
+    return "max_epochs"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m normrepro.translation.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="folder with the resolved config.yaml")
+    parser.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    args = parser.parse_args(argv)
+    quiet_logging()
+    paths = run_paths(args.run_dir)
+    if not paths["config"].is_file():
+        print(f"error: {paths['config']} not found; resolve the run config first "
+              "(python -m normrepro.config resolve ...)", file=sys.stderr)
+        return 2
+    # A run trained (or half trained) under a different config or data starts over instead of
+    # resuming; the stamp holds both.
+    stamp = paths["checkpoints"] / "config.yaml"
+    manifest = args.data / "MANIFEST.json"
+    data_id = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "none"
+    config_text = paths["config"].read_text(encoding="utf-8") + f"# data: {args.data} {data_id}\n"
+    if stamp.is_file() and stamp.read_text(encoding="utf-8") != config_text:
+        LOG.info("%s: config changed since the last training; starting over", args.run_dir)
+        shutil.rmtree(paths["checkpoints"])
+        paths["train"].unlink(missing_ok=True)
+        paths["metrics"].unlink(missing_ok=True)
+    elif paths["train"].is_file():
+        LOG.info("%s is already trained (delete train.json to retrain)", args.run_dir)
+        return 0
+    paths["checkpoints"].mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, config_text)
+    summary = train_run(args.run_dir, args.data)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
