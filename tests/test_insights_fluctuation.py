@@ -286,3 +286,36 @@ def test_summary_and_plot_cli(tmp_path):
         assert (tmp_path / "out" / f).stat().st_size > 0
     with pytest.raises(SystemExit, match="LABEL=FILE"):
         main(["--csv", "nolabel", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", ["batch", "batch2d", "power_vanilla", "sync_batch2d"])
+def test_recording_on_cuda_matches_cpu_and_runs_under_bf16_autocast(name):
+    torch.manual_seed(0)
+    seq = name in norms.SEQUENCE_NORMS
+    x = 1 + torch.randn(5, 3, 6, dtype=torch.float64) if seq else \
+        1 + torch.randn(3, 6, 4, 4, dtype=torch.float64)
+    gy = torch.randn_like(x)
+    records, outputs = [], []
+    for device in ("cpu", "cuda"):
+        norm = create_norm(name, 6).double().train().to(device)
+        norm.record_stats = True
+        xr = x.to(device).clone().requires_grad_(True)
+        y = norm(xr)
+        y.backward(gy.to(device))
+        records.append({k: float(v) for k, v in norm.last_stats.items()})
+        outputs.append((y.detach().cpu(), xr.grad.cpu()))
+    assert records[0].keys() == records[1].keys() and len(records[0]) >= 3  # n + 2 or 4
+    for k in records[0]:
+        assert records[1][k] == pytest.approx(records[0][k], rel=1e-9, abs=1e-12), k
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(b, a)
+    # bf16 autocast: statistics in float32, output in the input's dtype, finite records
+    norm = create_norm(name, 6).cuda().train()
+    norm.record_stats = True
+    xb = x.float().cuda().requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = norm(xb)
+    y.float().sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(xb.grad).all()
+    assert all(torch.isfinite(v).all() for v in norm.last_stats.values())

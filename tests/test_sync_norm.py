@@ -1,6 +1,7 @@
-"""Synchronised BatchNorm (`sync_batch`, `sync_batch2d`): two gloo processes on CPU must give
-exactly what one process gives with plain BN on the concatenated batch, and outside a process
-group (or in a group of one) the sync norms must be plain `batch` / `batch2d`."""
+"""Synchronised BatchNorm (`sync_batch`, `sync_batch2d`): two processes (gloo on CPU; on a GPU
+machine also CUDA tensors, over NCCL with two GPUs, else gloo) must give exactly what one
+process gives with plain BN on the concatenated batch, and outside a process group (or in a
+group of one) the sync norms must be plain `batch` / `batch2d`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from normrepro.insights.distributed import spawn_gloo
+from normrepro.insights.distributed import spawn_group
 from normrepro.norms import create_norm
 
 C = 6
@@ -45,32 +46,37 @@ def _img_data(step, rank):
     return x, gy
 
 
-def _steps(norm, data, seq):
-    """STEPS training steps, then one eval forward; what each step produced."""
+def _steps(norm, data, seq, device="cpu"):
+    """STEPS training steps, then one eval forward; what each step produced (on the CPU)."""
     out = []
+    norm.to(device)
+
+    def cpu(t):
+        return t.detach().cpu().clone()
+
     for step in range(STEPS):
         norm.zero_grad()
         if seq:
-            x, mask, gy = data(step)
+            x, mask, gy = (t.to(device) for t in data(step))
             x = x.clone().requires_grad_(True)
             y = norm(x, pad_mask=mask)
         else:
-            x, gy = data(step)
+            x, gy = (t.to(device) for t in data(step))
             x = x.clone().requires_grad_(True)
             y = norm(x)
         y.backward(gy)
-        out.append({"y": y.detach(), "gx": x.grad, "gw": norm.weight.grad.clone(),
-                    "gb": norm.bias.grad.clone(), "rm": norm.running_mean.clone(),
-                    "rv": norm.running_var.clone(),
-                    "stats": {k: v.detach().clone() for k, v in norm.last_stats.items()}})
+        out.append({"y": cpu(y), "gx": cpu(x.grad), "gw": cpu(norm.weight.grad),
+                    "gb": cpu(norm.bias.grad), "rm": cpu(norm.running_mean),
+                    "rv": cpu(norm.running_var),
+                    "stats": {k: cpu(v) for k, v in norm.last_stats.items()}})
     norm.eval()
     with torch.no_grad():
-        x = data(0)[0]
-        out.append({"eval": norm(x, pad_mask=data(0)[1]) if seq else norm(x)})
+        x = data(0)[0].to(device)
+        out.append({"eval": cpu(norm(x, pad_mask=data(0)[1].to(device)) if seq else norm(x))})
     return out
 
 
-def _worker(rank, world, out_dir):
+def _worker(rank, world, out_dir, device):
     calls = []
     real_all_reduce = dist.all_reduce
 
@@ -85,9 +91,23 @@ def _worker(rank, world, out_dir):
         norm.record_stats = True
         data = (lambda s: _seq_data(s, rank)) if seq else (lambda s: _img_data(s, rank))
         n0 = len(calls)
-        results[name] = _steps(norm, data, seq)
+        results[name] = _steps(norm, data, seq, device)
         results[name + "/calls"] = calls[n0:]
+    dist.all_reduce = real_all_reduce
+    # inside DistributedDataParallel: its bucketed gradient all-reduces interleave with the
+    # norm's own backward all-reduce without deadlock, and the averaged gradients are right
+    model = torch.nn.parallel.DistributedDataParallel(
+        _model("sync_batch2d").to(device), device_ids=None)
+    x, _ = _img_data(0, rank)
+    model(x.to(device)).sum().backward()  # DDP averages: ½·∇(Σ over both ranks)
+    results["ddp"] = {n: 2 * p.grad.detach().cpu() for n, p in model.module.named_parameters()}
     torch.save(results, f"{out_dir}/rank{rank}.pt")
+
+
+def _model(norm):
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Conv2d(C, C, 1), create_norm(norm, C), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(C * 12, 1)).double().train()
 
 
 def _concat_seq(step):
@@ -108,10 +128,18 @@ def _concat_img(step):
     return torch.cat(xs), torch.cat(gs)
 
 
-@pytest.fixture(scope="module")
-def two_process_results(tmp_path_factory):
+@pytest.fixture(scope="module", params=["cpu", "cuda"])
+def two_process_results(request, tmp_path_factory):
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
     out = tmp_path_factory.mktemp("sync")
-    spawn_gloo(_worker, 2, str(out))
+    if request.param == "cpu":
+        device, backend = "cpu", "gloo"
+    elif torch.cuda.device_count() >= 2:
+        device, backend = "cuda", "nccl"  # each rank on its own GPU (cuda:rank is current)
+    else:
+        device, backend = "cuda:0", "gloo"  # one GPU: NCCL refuses two ranks on one device
+    spawn_group(_worker, 2, str(out), device, backend=backend)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -161,6 +189,14 @@ def test_two_workers_equal_one_process_on_concatenated_batch(two_process_results
             else:
                 want_eval = ref_norm(_img_data(0, rank)[0])
         torch.testing.assert_close(got[STEPS]["eval"], want_eval)
+
+
+def test_inside_ddp_gradients_equal_one_process_on_concatenated_batch(two_process_results):
+    model = _model("batch2d")
+    model(_concat_img(0)[0]).sum().backward()
+    for res in two_process_results:
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(res["ddp"][n], p.grad, msg=n)
 
 
 @pytest.mark.parametrize("name", ["sync_batch", "sync_batch2d"])

@@ -76,7 +76,7 @@ their sync variants and `power_vanilla` have an attribute `record_stats` (False 
 forward then costs one attribute check). When it is True, each training forward stores in
 `module.last_stats` (0-dim tensors, d = C): `n` (elements per channel), for BN `mu_dist` =
 (1/d)‖μ_B − μ‖ and `var_dist` = (1/d)‖σ²_B − σ²‖ with μ, σ² the running statistics before this
-step's update, and for PN-V `psi_dist` = (1/d)‖ψ²_B − ψ²‖; the backward adds the norms of the
+step's update (σ²_B biased, the running σ² unbiased, as torch keeps them), and for PN-V `psi_dist` = (1/d)‖ψ²_B − ψ²‖; the backward adds the norms of the
 loss gradient with respect to the batch statistics, `g_mu` = (1/d)‖∂L/∂μ_B‖ and `g_var` =
 (1/d)‖∂L/∂σ²_B‖ (BN) or `g_psi` = (1/d)‖∂L/∂ψ²_B‖ (PN-V). BN computes them in closed form from the
 sums its backward already has (∂L/∂μ_B = −w·rstd·Σg, ∂L/∂σ²_B = −½·w·rstd²·Σg·x̂, summed over
@@ -87,6 +87,7 @@ on for chosen layers and writes the records to CSV.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -99,7 +100,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["NORM_NAMES", "SEQUENCE_NORMS", "IMAGE_NORMS", "create_norm", "get_norm_layer",
-           "is_sequence_norm", "register_norm", "records_stats"]
+           "is_sequence_norm", "register_norm", "records_stats", "eager_kernels"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +226,22 @@ class SeqInstanceNorm(nn.Module):
 # fused kernels: pure tensor functions, compiled by torch.compile when available
 
 _COMPILE_MODE = os.environ.get("NORMREPRO_COMPILE", "auto").lower()  # auto | 1 | 0
+_FORCE_EAGER = False  # set by `eager_kernels()`
+
+
+@contextlib.contextmanager
+def eager_kernels():
+    """Run the fused kernels eagerly inside this block (same code, same numbers, no compile).
+
+    For many tiny calls (the insights probes, float64 analyses) compiling costs seconds and gains
+    nothing.
+    """
+    global _FORCE_EAGER
+    before, _FORCE_EAGER = _FORCE_EAGER, True
+    try:
+        yield
+    finally:
+        _FORCE_EAGER = before
 
 
 class _Kernel:
@@ -234,8 +251,9 @@ class _Kernel:
     Tensors are positional, with their first dimension (the token count) marked dynamic;
     keyword arguments are static (eps, alphas, group count) and get one compiled kernel per
     distinct value, so the generated loops know the group size and stay vectorised.
-    `NORMREPRO_COMPILE=0` forces eager, `=1` makes a compile failure an error. Both paths run the
-    same code, and the tests check both against independent references.
+    `NORMREPRO_COMPILE=0` forces eager, `=1` makes a compile failure an error, and the context
+    manager `eager_kernels()` forces eager within a block. Both paths run the same code, and the
+    tests check both against independent references.
     """
 
     def __init__(self, fn):
@@ -249,7 +267,7 @@ class _Kernel:
         return bool(self._compiled) and not self._failed
 
     def __call__(self, *tensors, **static):
-        if self._failed or torch.compiler.is_compiling():
+        if self._failed or _FORCE_EAGER or torch.compiler.is_compiling():
             return self.fn(*tensors, **static)
         key = tuple(sorted(static.items()))
         if key not in self._compiled:

@@ -11,5 +11,5 @@ CSV and a figure (PNG + PDF, atomically) in seconds on a CPU:
 * `axes`: which elements share a statistic in each registry norm, measured by perturbation, drawn
   as normalisation cubes, with the answer to "is transformer LayerNorm instance norm?".
 * `sync_cost`: the extra collectives and time of synchronised BatchNorm under a 2-process gloo
-  group (`distributed.spawn_gloo` starts the processes).
+  group (`distributed.spawn_group` starts the processes).
 """

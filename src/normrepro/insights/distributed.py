@@ -1,4 +1,4 @@
-"""Run a function on N local CPU processes joined in a gloo process group (127.0.0.1).
+"""Run a function on N local processes joined in a process group (127.0.0.1, gloo by default).
 
 Used by the synchronised-BatchNorm tests and by `normrepro.insights.sync_cost`: both need real
 collectives between real processes, without a launcher. `fn(rank, world_size, *args)` must be a
@@ -23,11 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, fn: Callable, world_size: int, port: int, threads: int, args: tuple) -> None:
+def _entry(rank: int, fn: Callable, world_size: int, port: int, threads: int, backend: str,
+           args: tuple) -> None:
     # Each worker gets its share of the cores; oversubscribed intra-op threads would make the
     # timings measure contention instead of the collectives.
     torch.set_num_threads(threads)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    if backend == "nccl":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
     try:
         fn(rank, world_size, *args)
@@ -35,16 +38,21 @@ def _entry(rank: int, fn: Callable, world_size: int, port: int, threads: int, ar
         dist.destroy_process_group()
 
 
-def spawn_gloo(fn: Callable, world_size: int = 2, *args, threads: int | None = None) -> None:
-    """Run `fn(rank, world_size, *args)` in `world_size` fresh processes sharing a gloo group.
+def spawn_group(fn: Callable, world_size: int = 2, *args, backend: str = "gloo",
+                threads: int | None = None) -> None:
+    """Run `fn(rank, world_size, *args)` in `world_size` fresh processes sharing a process group.
 
     Blocks until all return; an exception in any worker is raised here with its traceback
-    (torch.multiprocessing.ProcessRaisedException). `threads` is each worker's intra-op thread
-    count (default: the machine's cores divided among the workers, at least 1).
+    (torch.multiprocessing.ProcessRaisedException). `backend`: "gloo" (CPU, and CUDA tensors
+    too) or "nccl" (one GPU per rank: rank r uses cuda:r). `threads` is each worker's intra-op
+    thread count (default: the machine's cores divided among the workers, at least 1).
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if backend == "nccl" and torch.cuda.device_count() < world_size:
+        raise ValueError(f"nccl needs one GPU per rank: {world_size} ranks, "
+                         f"{torch.cuda.device_count()} GPU(s); use backend='gloo'")
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // world_size)
-    mp.spawn(_entry, args=(fn, world_size, free_port(), threads, args), nprocs=world_size,
-             join=True)
+    mp.spawn(_entry, args=(fn, world_size, free_port(), threads, backend, args),
+             nprocs=world_size, join=True)

@@ -179,8 +179,9 @@ class RunRecorder(L.Callback):
         self.wall_offset = 0.0
         self._t0 = time.time()
 
-    def on_fit_start(self, trainer, pl_module):
-        # On resume keep the rows up to the restored update count; later ones are redone.
+    def on_train_start(self, trainer, pl_module):
+        # After a resume (the loop state is restored by now, unlike in on_fit_start) keep the rows
+        # up to the restored update count; later ones are redone.
         self._t0 = time.time()
         if self.metrics_path.is_file():
             with open(self.metrics_path, newline="", encoding="utf-8") as fh:
