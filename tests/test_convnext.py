@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from normrepro.config import ConfigError, resolve
@@ -31,7 +32,7 @@ TINY = {"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}
 
 
 def tiny_model_cfg(norm: str, **extra) -> dict:
-    return {"variant": "convnext_atto", "norm": norm, "patch_size": 2, "drop_path_rate": 0.1,
+    return {"variant": "convnext_atto", "norm": norm, "patch_size": 4, "drop_path_rate": 0.1,
             "kwargs": dict(TINY), **extra}
 
 
@@ -39,7 +40,7 @@ def tiny_model_cfg(norm: str, **extra) -> dict:
 
 def test_replication_folder_is_complete():
     assert set(PROFILES) >= {"smoke", "cpu", "gpu", "paper"}
-    assert set(ARMS) == {"bn", "ln"}
+    assert set(ARMS) == {"bn", "bn_sync", "ln"}
     for name in ("base.yaml", "paper.yaml", "pipeline.mk", "README.md", "slurm/paper.sbatch"):
         assert (REPL / name).is_file(), name
 
@@ -51,13 +52,22 @@ def test_every_config_resolves_and_instantiates(profile, arm):
     spec = cxdata.dataset_spec(cfg["data"]["dataset"])
     model = build_model(cfg["model"], spec.num_classes, spec.in_chans)
     norms = norm_modules(model)
-    expected = {"bn": "BatchNorm2d", "ln": "LayerNorm2d"}[arm]
+    expected = {"bn": "BatchNorm2d", "bn_sync": "SyncBatchNorm2d", "ln": "LayerNorm2d"}[arm]
     assert set(norms) == {expected}, norms
     kwargs = trainer_kwargs(cfg)
     assert kwargs["max_epochs"] == cfg["trainer"]["max_epochs"]
     assert kwargs["logger"] is False and kwargs["use_distributed_sampler"] is False
     dm = cxdata.ConvNeXtDataModule(cfg["data"], cfg["seed"], cfg["data"]["batch_size"])
     assert dm.num_classes == spec.num_classes
+
+
+def test_readme_quotes_the_numbers_of_paper_yaml():
+    paper = yaml.safe_load((REPL / "paper.yaml").read_text())
+    readme = (REPL / "README.md").read_text()
+    r50, r200 = paper["results"]["resnet50_regime"], paper["results"]["resnet200_regime"]
+    assert (f"BN {r50['bn']['mean']:.2f} ± {r50['bn']['std']:.2f} → "
+            f"LN {r50['ln']['mean']:.2f} ± {r50['ln']['std']:.2f}") in readme
+    assert f"BN {r200['bn']['mean']:.2f} → LN {r200['ln']['mean']:.2f}" in readme
 
 
 def test_arms_differ_only_in_the_norm():
@@ -130,10 +140,17 @@ def test_every_norm_sees_nchw_and_every_parameter_gets_a_gradient(norm):
     assert not missing
 
 
-def test_patch_size_sets_the_stem_stride():
-    model = build_model(tiny_model_cfg("layer2d", patch_size=1), 10, 1)
-    assert model.stem[0].stride == (1, 1)
-    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+def test_patch_size_sets_the_stage_resolutions():
+    """timm: patch 4 → stage 0 at 1/4; patch 1 → stage 0 at full size; patch 2 → timm adds a
+    stride-2 downsampling (with its norm) to stage 0, so stage 0 is at 1/4 again."""
+    x = torch.randn(2, 1, 32, 32)
+    sizes = {}
+    for patch in (1, 2, 4):
+        model = build_model(tiny_model_cfg("layer2d", patch_size=patch), 10, 1)
+        assert model.stem[0].stride == (patch, patch)
+        sizes[patch] = model.stages[0](model.stem(x)).shape[-1]
+        assert model(x).shape == (2, 10)
+    assert sizes == {1: 32, 2: 8, 4: 8}
 
 
 def test_no_weight_decay_on_norms_biases_and_layer_scale():
@@ -202,7 +219,8 @@ def test_prepare_fashion_mnist_pads_to_32(tmp_path):
     raw = make_fashion_raw(tmp_path / "raw")
     info = cxdata.prepare("fashion-mnist", raw, tmp_path / "proc")
     assert info["n_train"] == 40 and info["n_test"] == 12
-    tensors = torch.load(info["tensor_file"], weights_only=True)
+    assert info["tensor_file"] == "fashion-mnist.pt"
+    tensors = torch.load(tmp_path / "proc" / info["tensor_file"], weights_only=True)
     x = tensors["train_images"]
     assert x.shape == (40, 1, 32, 32) and x.dtype == torch.uint8
     # Centred: a 2-pixel zero border, the original pixels (all >= 1) inside.
@@ -286,4 +304,5 @@ def test_training_batch_preparation_is_reproducible():
     assert a[2] and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
     assert a[1].shape == (8, 10) and torch.allclose(a[1].sum(1), torch.ones(8))
-    assert math.isfinite(float(module.loss_fn(module(a[0]), a[1], True)))
+    with torch.no_grad():
+        assert math.isfinite(float(module.loss_fn(module(a[0]), a[1], True)))

@@ -220,6 +220,25 @@ def test_padding_does_not_change_real_token_outputs(tiny_data):
     assert torch.allclose(a[real], b[real], atol=1e-5)
 
 
+def test_norms_run_in_float32_under_bf16_autocast(tiny_data, monkeypatch):
+    dictionary = load_dictionary(tiny_data)
+    seen = []
+
+    class DtypeSpy(_Spy):
+        def forward(self, x, pad_mask=None):
+            seen.append((x.dtype, torch.is_autocast_enabled("cpu")))
+            return super().forward(x, pad_mask)
+
+    monkeypatch.setattr(tm, "create_norm", lambda name, dim, **kw: DtypeSpy(name, dim, **kw))
+    model = build(tiny_model_cfg(encoder_norm="power", decoder_norm="batch"), dictionary)
+    src, prev = _padded_batch(dictionary)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(src, None, prev)[0]
+    out.float().sum().backward()
+    assert len(seen) == 7 and all(dt == torch.float32 and not ac for dt, ac in seen)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
 def test_fairseq_plugin_builds_the_same_model(tiny_data):
     """fairseq's own argument parsing (--user-dir plugin) gives the architecture build_model gives."""
     from fairseq import options, tasks
@@ -298,7 +317,7 @@ def test_every_test_sentence_is_translated_once(tiny_data, tmp_path):
     assert len(ds) == 13
     hyps = translate(model, ds, dictionary, beam=2, max_tokens=50, max_sentences=4, max_len_b=5)
     assert len(hyps) == 13  # 13 is not a multiple of 4: no sentence dropped, none repeated
-    res = evaluate_set(model, dictionary, tiny_data, tmp_path, "test", beam=2, lenpen=1.0, max_tokens=30,
+    res = evaluate_set(model, dictionary, tiny_data, tmp_path, "test", beam=2, lenpen=1.0, batch_size=4,
                        device=torch.device("cpu"), max_len_b=5)
     assert res["sentences"] == 13
     assert len((tmp_path / "test.tok.txt").read_text().splitlines()) == 13
@@ -428,6 +447,31 @@ def test_iwslt_cleaning_and_tag_stripping(tmp_path):
     assert prepare.iwslt_test_lines(folder, "IWSLT14.TED.dev2010", "en") == ["It's here.", "Two"]
 
 
+def test_prepare_iwslt14_end_to_end(tmp_path):
+    """A miniature IWSLT14 archive layout through the whole prepare-iwslt14.sh equivalent."""
+    folder = tmp_path / "raw" / "de-en"
+    folder.mkdir(parents=True)
+    de, en = _sentences(60, 5)
+    de[3], en[3] = "ein wort", "one two three four five"  # length ratio 2.5: removed by the cleaning
+    header = ["<url>http://talk</url>", "<keywords>x</keywords>", "<talkid>1</talkid>"]
+    for lang, lines in (("de", de), ("en", en)):
+        body = header + ["<title>" + lines[0] + "</title>"] + lines[1:]
+        (folder / f"train.tags.de-en.{lang}").write_text("\n".join(body) + "\n", encoding="utf-8")
+        for k, name in enumerate(prepare.IWSLT_TEST_SETS):
+            segs = "".join(f'<seg id="{i}"> {lines[k * 2 + i]} </seg>\n' for i in range(2))
+            (folder / f"{name}.de-en.{lang}.xml").write_text(f"<doc>\n{segs}</doc>\n", encoding="utf-8")
+    out = tmp_path / "iwslt14"
+    manifest = prepare.run("iwslt14", tmp_path / "raw", out, {"bpe_size": 40})
+    kept = 59  # 60 lines (the first in a <title>), one dropped by the length ratio
+    assert manifest["stats"]["after_clean"] == kept
+    assert manifest["stats"]["valid.sentences"] == kept // 23 and manifest["stats"]["test.sentences"] == 10
+    assert manifest["stats"]["train.sentences"] == kept - kept // 23
+    assert (out / "tok" / "valid.en").read_text().splitlines()[0] == prepare.read_lines(out / "tok" / "valid.en")[0]
+    assert "ein wort" not in (out / "raw" / "train.de").read_text()
+    d = load_dictionary(out)
+    assert len(load_pair_dataset(out, "test", d, shuffle=False)) == 10
+
+
 def test_prepared_tiny_data_layout(tiny_data):
     for sub in ("raw", "tok", "bpe"):
         for split in prepare.SPLITS:
@@ -498,3 +542,15 @@ def test_nonfinite_loss_marks_run_diverged(tiny_data, tmp_path):
     cfg["optim"].update(lr=1e6, warmup_updates=1)  # blows up within a few updates
     out = _fit(tmp_path / "div", tiny_data, cfg)
     assert out["status"] == "diverged" and out["updates"] <= 8
+
+
+def test_verdict_rule():
+    from normrepro.translation.report import verdict
+
+    assert verdict("superiority", 1.0, 0.2, 1.8, 0.5, 2, 2, "bn", "ln")[0] == "supported"
+    assert verdict("superiority", -1.0, -1.8, -0.2, 0.5, 2, 2, "bn", "ln")[0] == "contradicted"
+    assert verdict("superiority", 0.1, -0.3, 0.5, 0.5, 2, 2, "bn", "ln")[0] == "inconclusive"
+    assert verdict("non_inferiority", -0.1, -0.4, 0.2, 0.5, 2, 2, "ln", "pn")[0] == "supported"
+    assert verdict("non_inferiority", -0.5, -0.9, 0.1, 0.5, 2, 2, "ln", "pn")[0] == "inconclusive"
+    assert verdict("non_inferiority", -1.5, -2.0, -1.0, 0.5, 2, 2, "ln", "pn")[0] == "contradicted"
+    assert verdict("superiority", 1.0, 0.2, 1.8, 0.5, 1, 2, "bn", "ln")[0] == "inconclusive"

@@ -16,11 +16,13 @@
 #
 # The public targets resolve PROFILE=auto once and call the private _cx-* targets in a sub-make,
 # where the run lists come from the profile (`python -m normrepro.config get`); DATASET=, ARMS=
-# and SEEDS= on the command line override the profile. BENCH_ARGS passes options to the bench,
-# e.g. BENCH_ARGS="--steps 50 --repeats 5".
+# and SEEDS= on the command line override the profile; SET="key=value ..." overrides config keys
+# of every run (e.g. SET="trainer.num_nodes=1 trainer.accumulate_grad_batches=4"). BENCH_ARGS
+# passes options to the bench, e.g. BENCH_ARGS="--steps 50 --repeats 5".
 
 CX_REPL := replications/convnext
 BENCH_ARGS ?=
+SET ?=
 
 .PHONY: replicate-convnext bench-convnext _cx-replicate _cx-bench _cx-force
 
@@ -40,7 +42,7 @@ cx_cli = $(filter command line environment,$(origin $(1)))
 CX_DATASET := $(if $(call cx_cli,DATASET),$(DATASET),$(call cx_get,data.dataset))
 CX_ARMS := $(if $(call cx_cli,ARMS),$(ARMS),$(call cx_get,arms))
 CX_SEEDS := $(if $(call cx_cli,SEEDS),$(SEEDS),$(call cx_get,seeds))
-CX_SET := $(if $(call cx_cli,DATASET),--set data.dataset=$(CX_DATASET))
+CX_SET := $(if $(call cx_cli,DATASET),--set data.dataset=$(CX_DATASET)) $(addprefix --set ,$(SET))
 CX_RAW := data/raw/$(CX_DATASET)/MANIFEST.json
 CX_PREP := data/processed/$(CX_DATASET)/prepared.json
 CX_RES := results/convnext/$(CX_DATASET)

@@ -23,8 +23,11 @@ PN_REPL := replications/powernorm
 
 pn_profile = $$($(PY) -c "from normrepro.config import resolve_profile_name as r; print(r('$(PROFILE)'))")
 
+# The profile's `parallel_runs` runs that many trainings/evaluations at once (the cpu profile: two
+# one-thread runs on two cores, which also overlaps their start-up and beam search).
 replicate-powernorm: $(SETUP) ## PowerNorm vs BatchNorm vs LayerNorm translation, fetch to report (PROFILE DATASET ARMS SEEDS)
-	@$(MAKE) --no-print-directory _pn-replicate PROFILE=$(pn_profile)
+	@prof=$(pn_profile); jobs=$$($(PY) -m normrepro.config get $(PN_REPL) --profile $$prof parallel_runs); \
+		$(MAKE) --no-print-directory -j$${jobs:-1} _pn-replicate PROFILE=$$prof
 
 crosscheck-powernorm: $(SETUP) ## arm ln on the smoke data: fairseq-train vs Lightning -> results/powernorm/crosscheck.json
 	@$(MAKE) --no-print-directory _pn-crosscheck PROFILE=smoke
@@ -104,18 +107,24 @@ results/powernorm/report.md: $(PN_FIG) $(PN_RES)/summary.csv $(PN_REPL)/paper.ya
 		$(wildcard results/powernorm/crosscheck.json results/bench/powernorm.json)
 	$(PY) -m normrepro.translation.report --results results/powernorm --paper $(PN_REPL)/paper.yaml --out $@
 
-# Cross-check (smoke data and model, arm ln, one seed): fairseq-train/fairseq-generate vs Lightning.
+# Cross-check (smoke data, arm ln, one seed): fairseq-train/fairseq-generate vs Lightning. The
+# smoke model is widened and trained 300 updates so that BLEU is above zero (about a minute each).
+PN_CC_SET := trainer.max_updates=300 trainer.val_every_updates=50 optim.lr=5e-3 optim.warmup_updates=50 \
+	model.encoder_embed_dim=64 model.decoder_embed_dim=64 model.encoder_ffn_embed_dim=256 \
+	model.decoder_ffn_embed_dim=256 eval.max_len_b=20
+PN_CODE := $(addprefix src/normrepro/translation/,model.py module.py datamodule.py train.py evaluate.py common.py)
+
 _pn-crosscheck: results/powernorm/crosscheck.json
 
-results/powernorm/crosscheck.json: $(PN_DATA)/MANIFEST.json $(wildcard src/normrepro/translation/*.py) \
+results/powernorm/crosscheck.json: $(PN_DATA)/MANIFEST.json $(PN_CODE) src/normrepro/translation/crosscheck.py \
 		$(PN_REPL)/base.yaml $(PN_REPL)/profiles/smoke.yaml
 	$(PY) -m normrepro.translation.crosscheck --data $(PN_DATA) --repl-dir $(PN_REPL) --profile $(PROFILE) \
-		--arm ln --seed 1 --out $@
+		--arm ln --seed 1 --out $@ $(addprefix --set ,$(PN_CC_SET))
 
 # Throughput benchmark on the profile's model and data.
 _pn-bench: results/bench/powernorm.json
 
-results/bench/powernorm.json: $(PN_DATA)/MANIFEST.json $(wildcard src/normrepro/translation/*.py) \
+results/bench/powernorm.json: $(PN_DATA)/MANIFEST.json $(PN_CODE) src/normrepro/translation/bench.py \
 		$(PN_REPL)/base.yaml $(PN_REPL)/profiles/$(PROFILE).yaml
 	$(PY) -m normrepro.translation.bench --data $(PN_DATA) --repl-dir $(PN_REPL) --profile $(PROFILE) --out $@
 endif

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are files, never windows
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -72,6 +73,8 @@ def learning_curves(df: pd.DataFrame, x: str, y: str | Sequence[str], hue: str,
                      markersize=3, ax=ax)
         ax.set_xlabel(labels.get(x, x))
         ax.set_ylabel(labels.get(col, col))
+        if pd.api.types.is_integer_dtype(df[x]):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.5"
         ax.grid(alpha=0.3)
         if ax is not axes[0][0] and ax.get_legend() is not None:
             ax.get_legend().remove()

@@ -2,6 +2,7 @@
 
     python -m normrepro.convnext.bench --repl replications/convnext --profile cpu \
         --out results/bench/convnext.json [--arms bn ln] [--warmup 5 --steps 30 --repeats 3]
+        [--set key=value ...]
 
 Both sides run in this process on the same device, with the same model (same seed), the same
 batches (synthetic uint8 images of the profile's data set shape, served by the same DataLoader
@@ -129,11 +130,11 @@ def lightning_images_per_s(cfg: dict, loader: DataLoader, warmup: int, steps: in
 
 
 def bench(repl: str | Path, profile: str, arms: list[str], warmup: int, steps: int,
-          repeats: int) -> dict:
+          repeats: int, overrides: list[str] = ()) -> dict:
     results: dict = {}
     first = None
     for arm in arms:
-        cfg = resolve(repl, profile, arm, 0, ["trainer.print_epochs=false"])
+        cfg = resolve(repl, profile, arm, 0, ["trainer.print_epochs=false", *overrides])
         first = first or cfg
         device = torch.device("cuda" if uses_gpu(cfg) else "cpu")
         torch.backends.cudnn.benchmark = uses_gpu(cfg)  # what the Trainer sets, for both sides
@@ -167,6 +168,7 @@ def bench(repl: str | Path, profile: str, arms: list[str], warmup: int, steps: i
         "data": "synthetic uint8 images in memory (same batches, sampler and on-device "
                 "augmentation for both loops)",
         "warmup_steps": warmup, "timed_steps": steps, "repeats": repeats,
+        "overrides": list(overrides),
         "arms": results,
         "min_ratio": min(ratios),
         "target_ratio": TARGET_RATIO,
@@ -184,13 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key of every arm (as normrepro.config resolve)")
     parser.add_argument("--out", required=True, help="results/bench/convnext.json")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
         print("error: --warmup, --steps and --repeats must be >= 1", file=sys.stderr)
         return 2
     try:
-        result = bench(args.repl, args.profile, args.arms, args.warmup, args.steps, args.repeats)
+        result = bench(args.repl, args.profile, args.arms, args.warmup, args.steps, args.repeats,
+                       args.set)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,7 +41,9 @@ from typing import Callable, Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from normrepro.io import atomic_path, atomic_write_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -181,8 +183,6 @@ def _open_image_split(dataset: str, root: Path, train: bool):
 
 def prepare(dataset: str, raw: str | Path, out: str | Path) -> dict:
     """Check the raw data and write what training reads; returns the prepared.json content."""
-    from normrepro.io import atomic_path, atomic_write_json
-
     spec = dataset_spec(dataset)
     raw, out = Path(raw), Path(out)
     manifest = _raw_manifest(raw)
@@ -199,7 +199,8 @@ def prepare(dataset: str, raw: str | Path, out: str | Path) -> dict:
         tensor_file = out / "fashion-mnist.pt"
         with atomic_path(tensor_file, suffix=".pt") as tmp:
             torch.save(tensors, tmp)
-        info.update(tensor_file=str(tensor_file), n_train=len(y_train), n_test=len(y_test),
+        # Relative to prepared.json, so the processed folder can be read from anywhere.
+        info.update(tensor_file=tensor_file.name, n_train=len(y_train), n_test=len(y_test),
                     mean=mean, std=std)
     else:
         root = _image_root(dataset, raw, manifest)
@@ -212,7 +213,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path) -> dict:
                                   f"expected {spec.num_classes}")
         mean, std = {"cifar10": _CIFAR10_STATS, "cifar100": _CIFAR100_STATS}.get(
             dataset, (IMAGENET_MEAN, IMAGENET_STD))
-        info.update(root=str(root), n_train=len(train_set), n_test=len(test_set),
+        info.update(root=str(root.resolve()), n_train=len(train_set), n_test=len(test_set),
                     mean=list(mean), std=list(std))
     atomic_write_json(out / PREPARED, info)
     return info
@@ -464,7 +465,8 @@ class ConvNeXtDataModule(L.LightningDataModule):
                             self.cfg.get("test_subset"), int(self.cfg.get("split_seed", 0)))
         self.split_sizes = {k: int(len(v)) for k, v in idx.items()}
         if self.backend == "tensor":
-            tensors = torch.load(self.info["tensor_file"], map_location="cpu", weights_only=True)
+            tensors = torch.load(self.processed / self.info["tensor_file"], map_location="cpu",
+                                 weights_only=True)
             for split, src in (("train", "train"), ("val", "train"), ("test", "test")):
                 self._sets[split] = TensorImages(tensors[f"{src}_images"], tensors[f"{src}_labels"],
                                                  idx[split])
@@ -502,8 +504,6 @@ class ConvNeXtDataModule(L.LightningDataModule):
         if workers > 0:
             common["prefetch_factor"] = int(self.cfg.get("prefetch_factor", 2))
         if self.backend == "tensor":
-            from torch.utils.data import BatchSampler
-
             batches = BatchSampler(sampler, self.batch_size, drop_last=train)
             return DataLoader(ds, batch_sampler=batches, collate_fn=_batch_as_is, **common)
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=train,

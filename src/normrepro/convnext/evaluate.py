@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -82,8 +83,6 @@ def evaluate(run: str | Path) -> dict:
              "train_time_s": train_rec.get("train_time_s")}
     metrics_csv = run / "metrics.csv"
     if metrics_csv.is_file():
-        import pandas as pd
-
         last = pd.read_csv(metrics_csv).tail(1)
         final["val_top1"] = float(last["val_top1"].iloc[0]) if len(last) else None
     if train_rec.get("status", "ok") != "ok":

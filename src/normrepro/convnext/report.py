@@ -158,6 +158,8 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
     margin = float(_get(cfg, "report.equivalence_margin") or 0.5)
     seeds = {arm: sorted(runs[runs["arm"] == arm]["seed"].tolist()) for arm in runs["arm"].unique()}
 
+    arm_norms = {d["row"]["arm"]: d["config.yaml"]["model"]["norm"] for d in details
+                 if "config.yaml" in d}
     lines = [f"## {dataset}", ""]
     # ---- setting
     model = cfg["model"]
@@ -176,9 +178,9 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         f"- **Model**: timm `{model['variant']}` with `conv_mlp=True`, stem patch "
         f"{model.get('patch_size')}, stochastic depth {model.get('drop_path_rate')}, EMA "
         f"{'on' if model.get('ema') else 'off'}; {', '.join(f'{p:,}' for p in params) or 'n/a'} "
-        "parameters in both arms. Arms differ only in the norm: `bn` = `batch2d` "
-        "(BatchNorm2d), `ln` = `layer2d` (LayerNorm over channels), everywhere a ConvNeXt has a "
-        "norm.",
+        "parameters in every arm. The arms differ only in the norm (registry name), used "
+        "everywhere a ConvNeXt has one (stem, downsampling, blocks, head): "
+        + ", ".join(f"`{arm}` = `{norm}`" for arm, norm in sorted(arm_norms.items())) + ".",
         f"- **Training**: {cfg['trainer']['max_epochs']} epochs, AdamW, effective batch "
         f"{train_rec.get('effective_batch', 'n/a')} (per device {cfg['data']['batch_size']} × "
         f"{train_rec.get('world_size', 'n/a')} processes × "
@@ -213,7 +215,7 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
               rp.markdown_table(runs, {"arm": "arm", "seed": "seed", "status": "status",
                                        "test_top1": "top-1 (%)", "test_top5": "top-5 (%)"}), ""]
     # ---- verdict
-    diff_rows = top1[top1["kind"] == "diff"]
+    diff_rows = top1[(top1["kind"] == "diff") & (top1.index == "ln - bn")]
     info = {"dataset": dataset, "category": "inconclusive"}
     pt = regime_table(paper)
     paper_diff = pt["diff"]

@@ -3,8 +3,8 @@
     python -m normrepro.convnext.summarize --out results/convnext/<dataset>/summary.csv \
         --runs results/convnext/<dataset>/bn/seed0 ... [--root results/convnext/<dataset>]
 
-The statistics (per arm: n, mean, std, 95% t-interval of test top-1/top-5; LN - BN with a Welch
-95% interval) and the meaning of every column are those of `normrepro.summary`. Diverged or
+The statistics (per arm: n, mean, std, 95% t-interval of test top-1/top-5; every arm minus BN, e.g. LN - BN, with a
+Welch 95% interval) and the meaning of every column are those of `normrepro.summary`. Diverged or
 missing runs stay in both tables with their status instead of being dropped.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from normrepro.summary import collect_runs, write_summary
 
 METRICS = ("test_top1", "test_top5")
-ARM_ORDER = ("bn", "ln")
-PAIRS = (("bn", "ln"),)  # reported as "ln - bn": the effect of the swap
+ARM_ORDER = ("bn", "bn_sync", "ln")
+BASELINE = "bn"  # every other arm is compared with it: "ln - bn" is the effect of the swap
 
 
 def summarize(out: str | Path, runs: list[str] | None = None, root: str | Path | None = None):
@@ -29,7 +29,7 @@ def summarize(out: str | Path, runs: list[str] | None = None, root: str | Path |
         raise FileNotFoundError(f"no runs found under {root}; train and evaluate first")
     arms = [a for a in ARM_ORDER if a in set(table["arm"])]
     arms += sorted(set(table["arm"]) - set(arms))
-    pairs = [p for p in PAIRS if set(p) <= set(arms)]
+    pairs = [(BASELINE, arm) for arm in arms if arm != BASELINE] if BASELINE in arms else []
     return write_summary(table, METRICS, out, pairs=pairs, arm_order=arms)
 
 

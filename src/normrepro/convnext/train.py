@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -143,10 +144,16 @@ def train(cfg: dict, out: str | Path, callbacks: list | None = None) -> dict:
     mean, std = dm.norm_stats()
     module = ConvNeXtClassifier(cfg, dm.num_classes, dm.in_chans, mean, std, dm.backend,
                                 metrics_path=out / "metrics.csv")
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                 save_on_train_epoch_end=True, enable_version_counter=False)
+    # No monitor + save_top_k=1 + a fixed name: Lightning overwrites checkpoints/last.ckpt at the
+    # end of every epoch (temp file, then rename). Saving at train-epoch end, after
+    # the module's on_train_epoch_end, puts that epoch's metrics row into the checkpoint.
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                 save_last=False, save_on_train_epoch_end=True,
+                                 enable_version_counter=False)
     trainer = L.Trainer(default_root_dir=str(out), callbacks=[checkpoint, *(callbacks or [])],
                         **trainer_kwargs(cfg))
+    # The folder holds our config stamp next to last.ckpt; Lightning's "not empty" warning is moot.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     if resume is not None:
         print(f"[train] resuming {out} from {resume}", flush=True)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)

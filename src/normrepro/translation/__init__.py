@@ -6,7 +6,8 @@ Stages, each a `python -m normrepro.translation.<stage>` with explicit inputs an
 * `train`     one arm × seed with Lightning around fairseq's model and data pieces
 * `average`   the last N weight snapshots of a run → `averaged.pt`
 * `evaluate`  beam search with fairseq's `SequenceGenerator`, tokenized BLEU and sacreBLEU
-* `summarize` per-dataset `summary.csv`, figures and `report.md`
+* `summarize` per-dataset `summary.csv` and `runs.csv` (statistics of `normrepro.summary`)
+* `plot`, `report`  figures and `results/powernorm/report.md`
 * `crosscheck`, `bench`  the same arm trained by `fairseq-train` vs the Lightning module
 
 `model` holds the architecture (also registered for `fairseq-train --user-dir

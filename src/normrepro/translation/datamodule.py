@@ -53,11 +53,12 @@ def load_pair_dataset(data_dir: Path, split: str, dictionary: Dictionary, shuffl
                                left_pad_source=True, left_pad_target=False, shuffle=shuffle)
 
 
-def make_batches(dataset: LanguagePairDataset, max_tokens: int, max_sentences: Optional[int] = None,
+def make_batches(dataset: LanguagePairDataset, max_tokens: Optional[int], max_sentences: Optional[int] = None,
                  seed: int = 1, max_positions: Optional[tuple[int, int]] = None,
                  drop_too_long: bool = False) -> list[np.ndarray]:
     """fairseq's batches of sample indices (see module doc). Sentences longer than
-    `max_positions` are dropped when `drop_too_long`, else they are an error."""
+    `max_positions` are dropped when `drop_too_long`, else they are an error. `max_tokens=None`
+    batches by `max_sentences` alone (fairseq-generate's `--batch-size`)."""
     with data_utils.numpy_seed(seed):
         indices = dataset.ordered_indices()
     if max_positions is not None:
@@ -65,7 +66,7 @@ def make_batches(dataset: LanguagePairDataset, max_tokens: int, max_sentences: O
         if len(ignored) and not drop_too_long:
             raise ValueError(f"{len(ignored)} sentences are longer than max positions {max_positions} "
                              f"(e.g. index {ignored[0]}); evaluation must translate every sentence")
-    if len(indices):
+    if len(indices) and max_tokens is not None:
         sizes = dataset.num_tokens_vec(indices)
         if sizes.max() > max_tokens:
             worst = int(indices[int(sizes.argmax())])

@@ -3,7 +3,8 @@
     python -m normrepro.translation.evaluate RUN_DIR --data data/processed/bible-de-en \\
         [--ood data/processed/bible-de-en/ood-ding-de-en] [--checkpoint averaged.pt]
 
-Beam 5, length penalty 1.0, maximum length a·src_len + b with fairseq-generate's defaults a=0,
+Beam 5, length penalty 1.0, batches of 128 sentences (the official test script's
+`--batch-size 128`), maximum length a·src_len + b with fairseq-generate's defaults a=0,
 b=200 (the paper's `generate.py --beam 5 --lenpen 1.0 --remove-bpe`; `eval.max_len_a/b` may
 bound it, which the smoke profile does so that an untrained model does not emit 200 tokens). Every test sentence is translated exactly once
 (asserted: batches are built with `required_batch_size_multiple=1` and no length filter, and the
@@ -67,12 +68,15 @@ def detokenize(lines: list[str], lang: str = "en") -> list[str]:
 
 
 @torch.no_grad()
-def translate(model, dataset, dictionary, beam: int = 5, lenpen: float = 1.0, max_tokens: int = 8000,
+def translate(model, dataset, dictionary, beam: int = 5, lenpen: float = 1.0, max_tokens: Optional[int] = None,
               max_sentences: Optional[int] = 128, max_len_a: float = 0, max_len_b: int = 200,
               device: Optional[torch.device] = None, limit: Optional[int] = None) -> list[str]:
     """Best beam hypothesis (BPE removed) for every sentence of `dataset`, in dataset order.
 
-    With `limit`, only sentences 0..limit-1 are translated (quick validation BLEU).
+    Batches are fairseq-generate's for `--batch-size max_sentences` (length-sorted, no token
+    bound unless `max_tokens`): the generator's length cap a·max_src_len + b is per batch, so a
+    hypothesis that reaches it depends on the batch it is in; the same batches give exactly
+    fairseq-generate's hypotheses. With `limit`, only sentences 0..limit-1 are translated.
     """
     from fairseq.sequence_generator import SequenceGenerator
 
@@ -115,7 +119,7 @@ def _to_device(sample, device):
 
 
 def evaluate_set(model, dictionary, data_dir: Path, hyps_dir: Path, name: str, beam: int, lenpen: float,
-                 max_tokens: int, device, max_len_a: float = 0, max_len_b: int = 200) -> dict:
+                 batch_size: int, device, max_len_a: float = 0, max_len_b: int = 200) -> dict:
     """Translate `data_dir`'s test split, write hypothesis files, return both BLEU scores."""
     from normrepro.translation.datamodule import load_pair_dataset
     from normrepro.translation.prepare import read_lines
@@ -127,7 +131,7 @@ def evaluate_set(model, dictionary, data_dir: Path, hyps_dir: Path, name: str, b
         raise AssertionError(f"{data_dir}: {len(dataset)} binarized vs {len(refs_tok)} tokenized vs "
                              f"{len(refs_raw)} raw test sentences")
     started = time.time()
-    hyps = translate(model, dataset, dictionary, beam=beam, lenpen=lenpen, max_tokens=max_tokens, device=device,
+    hyps = translate(model, dataset, dictionary, beam=beam, lenpen=lenpen, max_sentences=batch_size, device=device,
                      max_len_a=max_len_a, max_len_b=max_len_b)
     seconds = time.time() - started
     detok = detokenize(hyps)
@@ -165,8 +169,8 @@ def set_key(folder: str | Path) -> str:
 
 
 def evaluate_run(run_dir: Path, data_dir: Path, ood_dirs: list[Path], checkpoint: Optional[Path] = None,
-                 device: Optional[torch.device] = None) -> dict:
-    started = time.time()
+                 device: Optional[torch.device] = None, process_start: Optional[float] = None) -> dict:
+    started = process_start or time.time()
     paths = run_paths(run_dir)
     cfg = load_config(paths["config"])
     train = read_json(paths["train"]) if paths["train"].is_file() else {}
@@ -187,7 +191,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, ood_dirs: list[Path], checkpoint
         for name, folder in sets.items():
             final["sets"][name] = evaluate_set(model, dictionary, folder, paths["hyps"], name,
                                                int(ev.get("beam", 5)), float(ev.get("lenpen", 1.0)),
-                                               int(ev.get("max_tokens", 8000)), device,
+                                               int(ev.get("batch_size", 128)), device,
                                                float(ev.get("max_len_a", 0)), int(ev.get("max_len_b", 200)))
             if not all(math.isfinite(final["sets"][name][k]) for k in ("bleu_tok", "bleu_sacre")):
                 final["status"] = "diverged"
@@ -207,6 +211,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, ood_dirs: list[Path], checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
+    process_start = time.time()
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
@@ -214,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ood", type=Path, action="append", default=[],
                         help="extra prepared test-only folder (e.g. .../ood-ding-de-en); repeatable")
     parser.add_argument("--checkpoint", type=Path, help="weights to evaluate (default checkpoints/averaged.pt)")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: trainer.threads of the run)")
     args = parser.parse_args(argv)
     quiet_logging()
-    set_threads(args.threads)
-    final = evaluate_run(args.run_dir, args.data, args.ood, args.checkpoint)
+    # Default: the run's own thread count (runs may execute side by side, see parallel_runs).
+    set_threads(args.threads or load_config(run_paths(args.run_dir)["config"])["trainer"].get("threads"))
+    final = evaluate_run(args.run_dir, args.data, args.ood, args.checkpoint, process_start=process_start)
     print(json.dumps({k: v for k, v in final.items() if k.endswith(("_bleu_tok", "_bleu_sacre"))}))
     return 0
 

@@ -128,11 +128,12 @@ class TranslationModule(L.LightningModule):
             "train_tokens_per_s": train[2] / elapsed,
         }
         row["val_ppl"] = 2 ** row["val_nll_loss"] if math.isfinite(row["val_nll_loss"]) else float("nan")
-        row["val_bleu"] = self.quick_bleu()
         if not (math.isfinite(row["val_loss"]) and (math.isfinite(row["train_loss"]) or not train[2])):
             self.diverged = True
             self.trainer.should_stop = True
             LOG.warning("non-finite loss at update %d: marking the run diverged", self.global_step)
+        # Beam search on a model with NaN weights never finishes a hypothesis: skip it then.
+        row["val_bleu"] = float("nan") if self.diverged else self.quick_bleu()
         self.last_val = row
         # inf instead of NaN keeps EarlyStopping/ModelCheckpoint from raising on a diverged run.
         self.log("val_loss", row["val_loss"] if math.isfinite(row["val_loss"]) else float("inf"),
@@ -154,7 +155,7 @@ class TranslationModule(L.LightningModule):
 
         ds = dm.dataset("valid")
         hyps = translate(self.model, ds, self.dictionary, beam=int(self.val_bleu_cfg.get("beam", 1)),
-                         max_tokens=dm.eval_max_tokens, device=self.device, limit=n)
+                         device=self.device, limit=n)
         refs = [self.dictionary.string(ds[i]["target"], bpe_symbol="subword_nmt") for i in range(len(hyps))]
         return tokenized_bleu(hyps, refs)[0].score
 

@@ -14,8 +14,8 @@ interval, m = `report.margin` of the run config):
   superiority (LN > BN):   lo > 0 supported; hi < 0 contradicted; else inconclusive
   non-inferiority (PN ≥ LN): lo > 0 supported (PN better); lo ≥ −m supported (not worse by more
                            than m); hi < −m or (hi < 0 and lo < −m) contradicted; else inconclusive
-Diverged runs have no BLEU and are excluded from the interval; the verdict names them (a
-diverged BatchNorm run is itself evidence for LN > BN).
+Diverged runs have no BLEU and are excluded from the interval; the verdict names them, and an arm
+whose every run diverged loses the comparison (supported/contradicted accordingly).
 """
 
 from __future__ import annotations
@@ -105,6 +105,19 @@ def _load(ds_dir: Path):
     return summary, runs, details
 
 
+def _elapsed(details: list[dict]) -> float | None:
+    """Wall time spanned by the runs: from the first training process start (train.json) to the
+    last evaluation end (env.json)."""
+    import datetime as dt
+
+    def ts(text):
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").timestamp()
+
+    starts = [ts(d["train.json"]["started_utc"]) for d in details if (d.get("train.json") or {}).get("started_utc")]
+    ends = [ts(d["env.json"]["finished_utc"]) for d in details if (d.get("env.json") or {}).get("finished_utc")]
+    return max(ends) - min(starts) if starts and ends else None
+
+
 def _data_manifest(final: dict) -> dict:
     path = Path((final.get("sets") or {}).get("test", {}).get("data", "")) / "MANIFEST.json"
     return read_json(path) if path.is_file() else {}
@@ -190,6 +203,9 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         "- **Seeds**: " + "; ".join(f"{arm}: {', '.join(map(str, s))}" for arm, s in seeds.items())
         + f" (profile `{cfg.get('profile')}`).",
         rp.environment_section([d["dir"] / "env.json" for d in details], what="runs (train + evaluate)"),
+        f"- Elapsed: {rp.fmt_duration(_elapsed(details))} from the first training "
+        f"start to the last evaluation end ({cfg.get('parallel_runs', 1)} run(s) at a time; data preparation "
+        "not included).",
         "",
     ]
     # ---- results per arm
@@ -245,6 +261,13 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         n_b = int(tok.loc[b, "n"]) if b in tok.index else 0
         cat, sentence = verdict(claim.get("test", "superiority"), float(d["mean"]), float(d["ci_low"]),
                                 float(d["ci_high"]), margin, n_a, n_b, a, b)
+        # An arm whose every run diverged loses the comparison outright (it produced no translator).
+        all_div = {arm: arm in tok.index and int(tok.loc[arm, "n_runs"]) > 0
+                   and int(tok.loc[arm, "n_diverged"]) == int(tok.loc[arm, "n_runs"]) for arm in (a, b)}
+        if all_div[a] and n_b > 0:
+            cat, sentence = "supported", f"supported: every {a} run diverged while {b} trained"
+        elif all_div[b] and n_a > 0:
+            cat, sentence = "contradicted", f"contradicted: every {b} run diverged while {a} trained"
         div = {arm: int(tok.loc[arm, "n_diverged"]) for arm in (a, b) if arm in tok.index}
         note = "".join(f" {arm.upper()} diverged in {k} of {int(tok.loc[arm, 'n_runs'])} runs (no BLEU; "
                        "excluded from the interval)." for arm, k in div.items() if k)
@@ -277,13 +300,21 @@ def crosscheck_section(path: Path) -> list[str]:
     if not path.is_file():
         return []
     cc = read_json(path)
+    order = sorted(cc["results"], key=lambda k: k != "lightning")
     rows = [{"trainer": k, **{c: v for c, v in cc["results"][k].items() if not isinstance(v, (dict, list))}}
-            for k in cc["results"]]
+            for k in order]
+    keys = {c for r in rows for c in r} - {"trainer"}
+    losses = sorted((c for c in keys if c.startswith("val_loss@")), key=lambda c: int(c.split("@")[1]))
+    columns = ["trainer"] + [c for c in ("bleu_tok", "bleu_sacre", "fairseq_bleu4", "our_evaluate_bleu_tok")
+                             if c in keys] + losses
     return ["## Cross-check against fairseq-train", "",
             f"Arm `{cc.get('arm')}`, seed {cc.get('seed')}, data `{cc.get('data')}`, {cc.get('updates')} updates, same "
             "binarized data, batches and model config; the Lightning module vs `fairseq-train --user-dir "
             "src/normrepro/translation/fairseq_plugin` + `fairseq-generate` (from `crosscheck.json`):", "",
-            rp.markdown_table(rows, digits=3), ""] + ([cc["note"], ""] if cc.get("note") else [])
+            rp.markdown_table(rows, columns, digits=3), "",
+            f"Largest validation-loss gap: {rp.fmt_num(cc.get('max_abs_val_loss_gap'), 3)} bits/token. Our evaluation "
+            f"code on fairseq's checkpoint gives {'exactly' if cc.get('identical_hypotheses_on_fairseq_checkpoint') else 'NOT'}"
+            " fairseq-generate's hypotheses.", ""] + ([cc["note"], ""] if cc.get("note") else [])
 
 
 def bench_section(path: Path) -> list[str]:

@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -31,9 +32,14 @@ import warnings
 from pathlib import Path
 
 import torch
+import yaml
 
 from normrepro.io import atomic_write_json, atomic_write_text
 from normrepro.translation.common import LOG, load_config, model_args, quiet_logging, run_paths, set_threads
+
+
+# Config sections that do not change what training produces.
+NOT_TRAINING = ("eval", "report", "arms", "seeds", "ood", "prepare")
 
 
 def _precision(value: str) -> str:
@@ -42,8 +48,9 @@ def _precision(value: str) -> str:
     return str(value)
 
 
-def build(cfg: dict, data_dir: Path, run_dir: Path):
-    """(trainer, module, datamodule, recorder) for a resolved config."""
+def build(cfg: dict, data_dir: Path, run_dir: Path, record: bool = True):
+    """(trainer, module, datamodule, recorder) for a resolved config. `record=False` (benchmarks):
+    no validation, no metrics, snapshots or checkpoints."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -57,7 +64,6 @@ def build(cfg: dict, data_dir: Path, run_dir: Path):
     L.seed_everything(seed, workers=True, verbose=False)
     dm = TranslationDataModule(data_dir, max_tokens=d["max_tokens"], max_sentences=d.get("max_sentences"),
                                seed=seed, train_max_positions=d.get("train_max_positions"),
-                               eval_max_tokens=cfg.get("eval", {}).get("max_tokens"),
                                num_workers=int(d.get("num_workers", 0)))
     # fairseq seeds the model initialisation with the run seed too.
     torch.manual_seed(seed)
@@ -68,8 +74,8 @@ def build(cfg: dict, data_dir: Path, run_dir: Path):
     resume_ckpt = ModelCheckpoint(dirpath=paths["checkpoints"], filename="last", save_top_k=0, save_last=True,
                                   every_n_train_steps=int(t.get("resume_every_updates") or 0) or None,
                                   enable_version_counter=False)
-    callbacks = [recorder, resume_ckpt]
-    if t.get("early_stop_patience"):
+    callbacks = [recorder, resume_ckpt] if record else []
+    if t.get("early_stop_patience") and record:
         callbacks.append(EarlyStopping("val_loss", patience=int(t["early_stop_patience"]), mode="min",
                                        check_finite=False))
     val_every = t.get("val_every_updates")
@@ -78,21 +84,25 @@ def build(cfg: dict, data_dir: Path, run_dir: Path):
     if accelerator == "cpu":
         devices = 1
     trainer = L.Trainer(
-        accelerator=accelerator, devices=devices,
-        strategy="ddp" if accelerator == "gpu" and (devices not in (1, "1") and torch.cuda.device_count() > 1) else "auto",
+        accelerator=accelerator, devices=devices, num_nodes=int(t.get("num_nodes") or 1),
+        strategy="ddp" if accelerator == "gpu" and (int(t.get("num_nodes") or 1) > 1 or (
+            devices not in (1, "1") and torch.cuda.device_count() > 1)) else "auto",
         precision=_precision(t.get("precision", "auto")),
         max_steps=int(t.get("max_updates") or -1), max_epochs=int(t.get("max_epochs") or 10_000),
         val_check_interval=int(val_every) if val_every else None,
         check_val_every_n_epoch=None if val_every else 1,
         gradient_clip_val=float(o.get("clip_norm") or 0) or None, gradient_clip_algorithm="norm",
         num_sanity_val_steps=0, use_distributed_sampler=False, callbacks=callbacks, logger=False,
+        limit_val_batches=None if record else 0, enable_checkpointing=record,
         enable_progress_bar=bool(t.get("progress_bar", False)), enable_model_summary=False,
         default_root_dir=str(run_dir), deterministic=False,
     )
     return trainer, module, dm, recorder
 
 
-def train_run(run_dir: Path, data_dir: Path) -> dict:
+def train_run(run_dir: Path, data_dir: Path, process_start: float | None = None) -> dict:
+    """Fit (or resume) the run; `process_start` (time.time() at process start) makes the recorded
+    wall time include start-up (imports, data loading, compilation)."""
     paths = run_paths(run_dir)
     cfg = load_config(paths["config"])
     set_threads(cfg["trainer"].get("threads"))
@@ -105,7 +115,7 @@ def train_run(run_dir: Path, data_dir: Path) -> dict:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
     # Time before an interruption is known up to the last validation (the metrics row).
-    wall = recorder.wall_offset + time.time() - started
+    wall = recorder.wall_offset + time.time() - (process_start or started)
     rows = recorder.rows
     finite = [r for r in rows if math.isfinite(float(r["val_loss"]))]
     status = "diverged" if module.diverged else "ok"
@@ -123,6 +133,7 @@ def train_run(run_dir: Path, data_dir: Path) -> dict:
         "precision": trainer.precision,
         "world_size": trainer.world_size,
         "resumed": ckpt is not None,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(process_start or started)),
     }
     summary["train_tokens_per_s"] = summary["train_tokens"] / wall if wall > 0 else None
     if summary["batches_per_epoch"]:
@@ -145,6 +156,7 @@ def _stop_reason(trainer, cfg) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    process_start = time.time()
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="folder with the resolved config.yaml")
@@ -157,22 +169,26 @@ def main(argv: list[str] | None = None) -> int:
               "(python -m normrepro.config resolve ...)", file=sys.stderr)
         return 2
     # A run trained (or half trained) under a different config or data starts over instead of
-    # resuming; the stamp holds both.
+    # resuming. The stamp holds the training-relevant config (not eval/report settings, so that a
+    # new beam size re-evaluates without retraining) and the data manifest's hash.
     stamp = paths["checkpoints"] / "config.yaml"
     manifest = args.data / "MANIFEST.json"
     data_id = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "none"
-    config_text = paths["config"].read_text(encoding="utf-8") + f"# data: {args.data} {data_id}\n"
+    cfg = load_config(paths["config"])
+    relevant = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
+    config_text = yaml.safe_dump(relevant, sort_keys=True) + f"# data: {args.data} {data_id}\n"
     if stamp.is_file() and stamp.read_text(encoding="utf-8") != config_text:
-        LOG.info("%s: config changed since the last training; starting over", args.run_dir)
+        LOG.info("%s: config or data changed since the last training; starting over", args.run_dir)
         shutil.rmtree(paths["checkpoints"])
         paths["train"].unlink(missing_ok=True)
         paths["metrics"].unlink(missing_ok=True)
     elif paths["train"].is_file():
-        LOG.info("%s is already trained (delete train.json to retrain)", args.run_dir)
+        LOG.info("%s is already trained with this config and data (delete train.json to retrain)", args.run_dir)
+        os.utime(paths["train"])  # tell make it is up to date
         return 0
     paths["checkpoints"].mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, config_text)
-    summary = train_run(args.run_dir, args.data)
+    summary = train_run(args.run_dir, args.data, process_start)
     print(json.dumps(summary))
     return 0
 
