@@ -23,7 +23,9 @@ from normrepro.convnext import data as cxdata
 from normrepro.convnext.model import (build_model, count_buffers, count_parameters, norm_modules,
                                       param_groups)
 from normrepro.convnext.module import ConvNeXtClassifier, WarmupCosine, effective_batch, scaled_lr
-from normrepro.convnext.train import check_config, trainer_kwargs
+from normrepro.convnext.datamodule import ConvNeXtDataModule
+from normrepro.convnext.run_config import check_config
+from normrepro.convnext.train import trainer_kwargs
 
 REPL = Path(__file__).resolve().parents[1] / "replications" / "convnext"
 PROFILES = sorted(p.stem for p in (REPL / "profiles").glob("*.yaml"))
@@ -57,7 +59,7 @@ def test_every_config_resolves_and_instantiates(profile, arm):
     kwargs = trainer_kwargs(cfg)
     assert kwargs["max_epochs"] == cfg["trainer"]["max_epochs"]
     assert kwargs["logger"] is False and kwargs["use_distributed_sampler"] is False
-    dm = cxdata.ConvNeXtDataModule(cfg["data"], cfg["seed"], cfg["data"]["batch_size"])
+    dm = ConvNeXtDataModule(cfg["data"], cfg["seed"], cfg["data"]["batch_size"])
     assert dm.num_classes == spec.num_classes
 
 

@@ -416,3 +416,13 @@ def test_fused_kernels_match_references_in_both_modes(kernel_mode):
     if kernel_mode == "compiled":  # the compiled path really ran (no silent eager fallback)
         assert norms._BN_FWD.active and norms._BN_BWD.active
         assert norms._PN_FWD.active and norms._PN_BWD.active
+
+
+def test_get_norm_layer_works_as_timm_norm_layer():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=3, conv_mlp=True,
+                              norm_layer=get_norm_layer("batch2d"))
+    kinds = {type(m).__name__ for m in model.modules() if type(m).__name__.endswith(("Norm", "Norm2d"))}
+    assert kinds == {"BatchNorm2d"}
+    norm = get_norm_layer("layer")(8, device="cpu", dtype=torch.float64)
+    assert norm.weight.dtype == torch.float64

@@ -16,7 +16,7 @@ from normrepro.config import dump, resolve
 from normrepro.convnext import plot as cxplot
 from normrepro.convnext import report as cxreport
 from normrepro.convnext import summarize as cxsum
-from normrepro.convnext.module import write_metrics_csv
+from normrepro.convnext.metrics import write_metrics_csv
 from normrepro.convnext.paper import load_paper, regime_table, welch_from_stats
 from normrepro.provenance import write_env_json
 from normrepro.stats import diff_ci, format_pm

@@ -28,7 +28,7 @@ SET ?=
 
 cx_profile = $$($(PY) -c "from normrepro.config import resolve_profile_name as r; print(r('$(PROFILE)'))")
 
-replicate-convnext: $(SETUP) ## ConvNeXt BatchNorm vs LayerNorm, fetch to report (PROFILE DATASET ARMS SEEDS)
+replicate-convnext: $(SETUP) ## ConvNeXt BatchNorm vs LayerNorm, fetch to report (PROFILE DATASET ARMS SEEDS SET)
 	@$(MAKE) --no-print-directory _cx-replicate PROFILE=$(cx_profile)
 
 bench-convnext: $(SETUP) ## training images/s, Lightning vs bare PyTorch loop, per arm -> results/bench/convnext.json

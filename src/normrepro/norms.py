@@ -877,6 +877,20 @@ def create_norm(name: str, num_features: int, **kwargs) -> nn.Module:
 
 
 def get_norm_layer(name: str, **defaults) -> Callable[..., nn.Module]:
-    """A `(num_features, **kwargs)` factory for `name`, e.g. timm's `norm_layer=`."""
+    """A `(num_features, device=None, dtype=None, **kwargs)` factory for `name`, usable as
+    timm's `norm_layer=`.
+
+    A plain function rather than `functools.partial(create_norm, name)`: timm rebuilds partials
+    from their keyword arguments only (losing the name), and passes `device`/`dtype`, which are
+    placement, not norm options.
+    """
     _lookup(name)
-    return functools.partial(create_norm, name, **defaults)
+
+    def norm_layer(num_features: int, device=None, dtype=None, **kwargs) -> nn.Module:
+        module = create_norm(name, num_features, **{**defaults, **kwargs})
+        if device is not None or dtype is not None:
+            module = module.to(device=device, dtype=dtype)
+        return module
+
+    norm_layer.__name__ = norm_layer.__qualname__ = f"{name}_norm_layer"
+    return norm_layer

@@ -33,7 +33,7 @@ from torch.utils.data import BatchSampler, DataLoader
 from normrepro.config import ConfigError, resolve
 from normrepro.convnext.data import EpochShuffleSampler, TensorImages, _batch_as_is, dataset_spec
 from normrepro.convnext.module import ConvNeXtClassifier, build_optimizer
-from normrepro.convnext.train import resolve_precision, uses_gpu
+from normrepro.convnext.run_config import resolve_precision, uses_gpu
 from normrepro.io import atomic_write_json
 from normrepro.provenance import env_info
 

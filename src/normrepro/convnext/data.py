@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
@@ -416,19 +415,20 @@ def augment_tensor_batch(x: torch.Tensor, aug: dict, mean: torch.Tensor, std: to
 
 
 # --------------------------------------------------------------------------------------------
-# LightningDataModule
+# splits and loaders of one data set (the LightningDataModule in datamodule.py wraps this; the
+# evaluate stage uses it directly, without importing Lightning)
 
-class ConvNeXtDataModule(L.LightningDataModule):
-    """Train / held-out validation / test loaders of one data set, configured by `cfg["data"]`."""
+class ImageClassificationData:
+    """Train / held-out validation / test sets and loaders, configured by `cfg["data"]`."""
 
     def __init__(self, data_cfg: dict, seed: int, batch_size: int):
-        super().__init__()
         self.cfg = dict(data_cfg)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.spec = dataset_spec(self.cfg["dataset"])
         self.processed = Path(self.cfg.get("processed_root", "data/processed")) / self.spec.name
         self.info: dict | None = None
+        self.split_sizes: dict[str, int] = {}
         self._sets: dict[str, Dataset] = {}
 
     # The model needs these before setup() runs (num_classes, in_chans).
@@ -452,7 +452,7 @@ class ConvNeXtDataModule(L.LightningDataModule):
         info = self.info or load_prepared(self.processed)
         return list(info["mean"]), list(info["std"])
 
-    def setup(self, stage: str | None = None) -> None:
+    def setup(self) -> None:
         if self._sets:
             return
         self.info = load_prepared(self.processed)
@@ -483,20 +483,23 @@ class ConvNeXtDataModule(L.LightningDataModule):
             self._sets["test"] = TransformedSubset(
                 base_test, idx["test"], build_image_transform(aug, size, mean, std, False))
 
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
+    def size(self, split: str) -> int:
+        self.setup()
+        return len(self._sets[split])
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def loader(self, split: str, train: bool, rank: int = 0, world_size: int = 1,
+               epoch: int = 0) -> DataLoader:
+        """The loader of one split; `train` shuffles (per seed and epoch) and drops the last
+        incomplete batch. Under DDP each rank gets its own shard."""
         self.setup()
         ds = self._sets[split]
-        rank, world = self._rank_world()
-        epoch = self.trainer.current_epoch if train and getattr(self, "trainer", None) else 0
+        if train and len(ds) < self.batch_size * world_size:
+            raise DataLayoutError(f"data: {len(ds)} training images but batch size "
+                                  f"{self.batch_size} × {world_size} processes; lower "
+                                  "data.batch_size or raise data.train_subset")
         generator = torch.Generator()
         sampler = EpochShuffleSampler(len(ds), seed=self.seed, shuffle=train, rank=rank,
-                                      world_size=world, epoch=epoch, drop_last=train,
+                                      world_size=world_size, epoch=epoch, drop_last=train,
                                       loader_generator=generator)
         workers = int(self.cfg.get("num_workers", 0))
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(),
@@ -508,19 +511,3 @@ class ConvNeXtDataModule(L.LightningDataModule):
             return DataLoader(ds, batch_sampler=batches, collate_fn=_batch_as_is, **common)
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=train,
                           **common)
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        if len(self._sets["train"]) < self.batch_size:
-            raise DataLayoutError(f"data: {len(self._sets['train'])} training images but batch size "
-                             f"{self.batch_size}; lower data.batch_size or raise train_subset")
-        return self._loader("train", train=True)
-
-    def val_dataloader(self):
-        self.setup()
-        if len(self._sets["val"]) == 0:
-            return []
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)

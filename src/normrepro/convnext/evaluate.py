@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from normrepro.config import ConfigError
-from normrepro.convnext.data import ConvNeXtDataModule, DataLayoutError, augment_tensor_batch
+from normrepro.convnext.data import DataLayoutError, ImageClassificationData, augment_tensor_batch
 from normrepro.convnext.model import accuracy_counts, build_model, count_parameters
-from normrepro.convnext.train import load_run_config, uses_gpu
+from normrepro.convnext.run_config import load_run_config, uses_gpu
 from normrepro.io import atomic_write_json, read_json
 
 
@@ -91,15 +91,15 @@ def evaluate(run: str | Path) -> dict:
         atomic_write_json(run / "final.json", final)
         return final
 
-    dm = ConvNeXtDataModule(cfg["data"], cfg["seed"],
-                            int(cfg["data"].get("eval_batch_size", cfg["data"]["batch_size"])))
-    dm.setup("test")
+    dm = ImageClassificationData(cfg["data"], cfg["seed"],
+                                 int(cfg["data"].get("eval_batch_size", cfg["data"]["batch_size"])))
+    dm.setup()
     mean, std = dm.norm_stats()
     model = build_model(cfg["model"], dm.num_classes, dm.in_chans)
     load_weights(model, run / "checkpoints" / "last.ckpt")
     gpu = uses_gpu(cfg)
     device = torch.device("cuda" if gpu else "cpu")
-    result = evaluate_model(model, dm.test_dataloader(), dm.backend,
+    result = evaluate_model(model, dm.loader("test", train=False), dm.backend,
                             dict(cfg["data"].get("augment") or {}), mean, std, device, bf16=gpu)
     status = "ok" if math.isfinite(result["test_loss"]) else "diverged"
     final.update(status=status, **result, parameters=count_parameters(model),

@@ -30,19 +30,9 @@ def timm_norm_layer(name: str, eps: float | None = None) -> Callable[..., nn.Mod
     """A `norm_layer=` for timm: `(num_features, device=None, dtype=None, **kw)` → registry norm."""
     defaults = {} if eps is None else {"eps": float(eps)}
     try:
-        factory = get_norm_layer(name, **defaults)
+        return get_norm_layer(name, **defaults)
     except ValueError as exc:  # unknown name: say which config key to change
         raise ConfigError(f"model.norm: {exc}") from exc
-
-    def norm_layer(num_features: int, device=None, dtype=None, **kwargs) -> nn.Module:
-        module = factory(num_features, **kwargs)
-        if device is not None or dtype is not None:
-            module = module.to(device=device, dtype=dtype)
-        return module
-
-    norm_layer.__name__ = f"normrepro_{name}"
-    norm_layer.__qualname__ = norm_layer.__name__
-    return norm_layer
 
 
 def build_model(model_cfg: dict, num_classes: int, in_chans: int) -> nn.Module:

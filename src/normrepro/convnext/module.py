@@ -17,8 +17,6 @@ and the train stage writes the status `diverged` for the summary and the report 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import random
 import time
@@ -31,11 +29,7 @@ import torch.nn.functional as F
 
 from normrepro.convnext.data import augment_tensor_batch
 from normrepro.convnext.model import accuracy_counts, build_model, param_groups
-from normrepro.io import atomic_write_text
-
-METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
-                  "epoch_time_s", "train_time_s", "train_images_per_s")
-
+from normrepro.convnext.metrics import write_metrics_csv
 
 class WarmupCosine:
     """LR multiplier per optimizer step: linear warm-up to 1, then cosine down to `min_ratio`.
@@ -273,14 +267,3 @@ def build_optimizer(cfg: dict, model: torch.nn.Module, world_size: int, total_st
     min_ratio = float(optim.get("min_lr", 0.0)) / lr if lr > 0 else 0.0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup, total_steps, min_ratio))
     return opt, sched
-
-
-def write_metrics_csv(path: str | Path, rows: list[dict]) -> None:
-    """Rewrite the whole per-epoch CSV atomically (it is small; one row per epoch)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore",
-                            lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())

@@ -30,7 +30,7 @@ import pandas as pd
 
 from normrepro import report as rp
 from normrepro.config import ConfigError, load_yaml
-from normrepro.convnext.module import METRIC_COLUMNS
+from normrepro.convnext.metrics import METRIC_COLUMNS
 from normrepro.convnext.paper import load_paper, regime_table
 from normrepro.convnext.plot import figure_paths
 from normrepro.io import read_json
@@ -81,6 +81,10 @@ def verdict(diff: float, lo: float, hi: float, margin: float, n_a: int, n_b: int
 
 def _signed(x: float, digits: int = 2) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def _lr_text(lr) -> str:
+    return f"{float(lr):.3g}" if isinstance(lr, (int, float)) else "n/a"
 
 
 def _get(cfg: dict, dotted: str):
@@ -185,7 +189,7 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         f"{train_rec.get('effective_batch', 'n/a')} (per device {cfg['data']['batch_size']} × "
         f"{train_rec.get('world_size', 'n/a')} processes × "
         f"{cfg['trainer'].get('accumulate_grad_batches', 1)} accumulation), lr "
-        f"{rp.fmt_num(train_rec.get('lr'), 6)} = {cfg['optim']['base_lr']} × batch / "
+        f"{_lr_text(train_rec.get('lr'))} = {cfg['optim']['base_lr']} × batch / "
         f"{cfg['optim']['base_batch']}, {cfg['optim'].get('warmup_epochs')} warm-up epoch(s) "
         f"then cosine, weight decay {cfg['optim']['weight_decay']}, label smoothing "
         f"{cfg['optim'].get('label_smoothing')}, precision {train_rec.get('precision', 'n/a')}.",

@@ -5,7 +5,7 @@
 Writes into RUN:
   checkpoints/last.ckpt   every epoch (Lightning writes it to a temp file, then renames)
   checkpoints/config.yaml the config the checkpoint belongs to
-  metrics.csv             one row per epoch (columns: normrepro.convnext.module.METRIC_COLUMNS)
+  metrics.csv             one row per epoch (columns: normrepro.convnext.metrics.METRIC_COLUMNS)
   env.json                last, when training ended: provenance plus `train` = status, epochs,
                           time; it is the make target, so a run that was killed has none and is
                           resumed by the next `make`
@@ -32,47 +32,14 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from normrepro.config import ConfigError, dump, load_yaml
-from normrepro.convnext.data import ConvNeXtDataModule, DataLayoutError
+from normrepro.config import ConfigError, dump
+from normrepro.convnext.data import DataLayoutError
+from normrepro.convnext.datamodule import ConvNeXtDataModule
 from normrepro.convnext.model import count_parameters
 from normrepro.convnext.module import ConvNeXtClassifier, effective_batch, scaled_lr
+from normrepro.convnext.run_config import load_run_config, resolve_precision, uses_gpu
 from normrepro.io import atomic_write_json, atomic_write_text
 from normrepro.provenance import write_env_json
-
-REQUIRED = ("seed", "data.dataset", "data.batch_size", "model.variant", "model.norm",
-            "optim.base_lr", "optim.base_batch", "optim.weight_decay", "trainer.max_epochs")
-
-
-def check_config(cfg: dict, source: str = "config") -> dict:
-    """Fail early, naming the missing key, rather than deep inside Lightning."""
-    for key in REQUIRED:
-        node = cfg
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"{source}: missing {key!r}; resolve the run config with "
-                                  "python -m normrepro.config resolve replications/convnext ...")
-            node = node[part]
-    if cfg["model"].get("ema"):
-        raise ConfigError(f"{source}: model.ema is true, but weight EMA is not implemented; the "
-                          "paper turned it off for the BN/LN comparison (it hurts BN models)")
-    return cfg
-
-
-def load_run_config(path: str | Path) -> dict:
-    return check_config(load_yaml(path), str(path))
-
-
-def uses_gpu(cfg: dict) -> bool:
-    accelerator = str(cfg["trainer"].get("accelerator", "auto"))
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def resolve_precision(cfg: dict) -> str:
-    precision = str(cfg["trainer"].get("precision", "auto"))
-    if precision == "auto":
-        return "bf16-mixed" if uses_gpu(cfg) else "32-true"
-    return precision
-
 
 def trainer_kwargs(cfg: dict) -> dict:
     """Lightning Trainer arguments from `cfg["trainer"]`, lean by default (see module.py)."""
