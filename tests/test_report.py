@@ -187,7 +187,8 @@ def test_convnext_report_from_hand_made_results(tmp_path):
     assert format_pm(p["bn"]["mean"], p["bn"]["std"]) in text
     assert paper["paper"]["arxiv"] in text
     assert "15000 training images" in text and "`convnext_atto`" in text
-    assert "`trainer.max_epochs`: paper 300, ours 10" in text
+    epochs = resolve(REPL, "cpu", "ln", 0)["trainer"]["max_epochs"]
+    assert f"`trainer.max_epochs`: paper 300, ours {epochs}" in text
     assert "![ours vs paper](figures/fashion-mnist-ours-vs-paper.png)" in text
     for column in ("n_diverged", "ci_half", "train_images_per_s"):
         assert f"`{column}`" in text

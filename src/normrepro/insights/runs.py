@@ -1,0 +1,270 @@
+"""The training runs behind the insights experiments: ConvNeXt and Transformer with a recorder.
+
+Each run is one arm of one of the two replications, trained by that replication's own Lightning
+module, data module and trainer settings, with a callback attached that records batch statistics:
+
+* `StatsRecorderCallback` (`record.kind: batch_stats`, single process): batch vs running
+  statistics and the gradients through them, for the fluctuation figure → `batch_stats.csv`;
+* `WorkerStatsCallback` (`record.kind: worker_stats`, DDP): each worker's statistics vs the
+  global batch's → `worker_stats.csv`.
+
+Which runs exist and how each is derived from its replication's configs is declared in
+`replications/insights/` (`runs.<name>`: `replication`, `arm`, `seed`, `record`, and `set`, dotted
+overrides of the replication's config; `upstream.<replication>`: the replication profile the run
+starts from). The resolved config keeps everything the replication's code needs, plus an
+`insights` section (run name, recorder settings).
+
+    python -m normrepro.insights.runs resolve --profile P --run NAME --out RUN/config.yaml
+    python -m normrepro.insights.runs train --config RUN/config.yaml --out RUN [--data DIR]
+    python -m normrepro.insights.runs data --profile P --run NAME [--name]   # its data folder (name)
+    python -m normrepro.insights.runs args --profile P --stage S --out FILE
+
+`resolve` and `args` rewrite their file only when it changes (make then redoes only what
+depends on it). `train` writes, besides what the replication's trainer writes (`metrics.csv`,
+checkpoints; `env.json` for ConvNeXt), the recorder CSV and last `record.json` (the make target:
+status, steps, wall time). An interrupted run resumes from its last checkpoint; a run whose config
+changed starts over. A config with `trainer.devices: 2` and `trainer.strategy: ddp` trains under
+Lightning DDP: Lightning re-launches this same command once per extra worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from normrepro.config import ConfigError, dump, load_profile, load_yaml, resolve
+from normrepro.io import atomic_write_json, atomic_write_text, write_if_changed
+
+REPL_DIR = Path("replications/insights")
+REPLICATIONS = ("convnext", "powernorm")
+RECORD_KINDS = ("batch_stats", "worker_stats")
+
+
+def _spec(profile_cfg: dict, run: str) -> dict:
+    runs = profile_cfg.get("runs") or {}
+    if run not in runs:
+        raise ConfigError(f"unknown run {run!r}; the profile defines {', '.join(sorted(runs))}")
+    spec = runs[run]
+    for key in ("replication", "arm", "seed", "record"):
+        if key not in spec:
+            raise ConfigError(f"runs.{run} lacks {key!r}")
+    if spec["replication"] not in REPLICATIONS:
+        raise ConfigError(f"runs.{run}.replication must be one of {REPLICATIONS}, "
+                          f"got {spec['replication']!r}")
+    if spec["record"].get("kind") not in RECORD_KINDS:
+        raise ConfigError(f"runs.{run}.record.kind must be one of {RECORD_KINDS}")
+    return spec
+
+
+def resolve_run(profile: str, run: str, repl_dir: str | Path = REPL_DIR) -> dict:
+    """The full config of one insights run (see the module docstring)."""
+    repl_dir = Path(repl_dir)
+    prof = load_profile(repl_dir, profile)
+    spec = _spec(prof, run)
+    upstream = (prof.get("upstream") or {}).get(spec["replication"])
+    if not upstream:
+        raise ConfigError(f"{repl_dir}: upstream.{spec['replication']} (the replication profile "
+                          "the runs start from) is not set")
+    # JSON is YAML, so set_dotted parses these values back exactly (lists, dicts, null).
+    overrides = [f"{k}={json.dumps(v)}" for k, v in (spec.get("set") or {}).items()]
+    cfg = resolve(repl_dir.parent / spec["replication"], upstream, spec["arm"], int(spec["seed"]),
+                  overrides)
+    cfg["insights"] = {"run": run, "profile": prof["profile"], "upstream_profile": upstream,
+                       "record": dict(spec["record"])}
+    return cfg
+
+
+def data_dir(cfg: dict) -> Path:
+    """Where the run's prepared data lives, as the replication's pipeline prepares it."""
+    if cfg["replication"] == "convnext":
+        return Path(cfg["data"].get("processed_root", "data/processed")) / cfg["data"]["dataset"]
+    variant = cfg.get("data_variant") or ""
+    return Path("data/processed") / (cfg["dataset"] + (f"-{variant}" if variant else ""))
+
+
+def _launch_rank() -> int:
+    """Global rank of this process when Lightning (or a launcher) started it as a DDP worker."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def _callback(cfg: dict, out: Path):
+    rec = cfg["insights"]["record"]
+    every = int(rec.get("every_n_steps", 1))
+    if rec["kind"] == "batch_stats":
+        from normrepro.insights.fluctuation import StatsRecorderCallback
+
+        return StatsRecorderCallback(out / "batch_stats.csv", rec.get("layers"), every)
+    from normrepro.insights.ddp import WorkerStatsCallback
+
+    return WorkerStatsCallback(out / "worker_stats.csv", rec.get("layers"), every)
+
+
+def _record_csv(cfg: dict, out: Path) -> Path:
+    kind = cfg["insights"]["record"]["kind"]
+    return out / f"{kind}.csv"
+
+
+def _train_image(cfg: dict, out: Path) -> dict:
+    import torch
+
+    from normrepro.convnext.train import train
+
+    devices = cfg["trainer"].get("devices", 1)
+    world = int(devices) if str(devices).isdigit() else 1
+    if world > 1 and str(cfg["trainer"].get("accelerator")) == "cpu":
+        # one share of the cores per worker: oversubscribed threads would measure contention
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if _launch_rank() == 0:
+        stamp = out / "checkpoints" / "config.yaml"
+        if not stamp.is_file() or stamp.read_text(encoding="utf-8") != dump(cfg):
+            _record_csv(cfg, out).unlink(missing_ok=True)  # the trainer restarts too
+    record = train(cfg, out, callbacks=[_callback(cfg, out)])
+    steps = None
+    if (out / "metrics.csv").is_file():
+        import pandas as pd
+
+        metrics = pd.read_csv(out / "metrics.csv")
+        steps = int(metrics["step"].iloc[-1]) if len(metrics) else 0
+    return {"status": record["status"], "steps": steps, "epochs": record["epochs_completed"],
+            "world_size": record["world_size"], "train_time_s": record["train_time_s"]}
+
+
+def _train_text(cfg: dict, out: Path, data: Path) -> dict:
+    from normrepro.insights.padding import register_unmasked_norm
+    from normrepro.provenance import write_env_json
+    from normrepro.translation.common import quiet_logging, run_paths, set_threads
+    from normrepro.translation.train import NOT_TRAINING, build
+
+    register_unmasked_norm()  # configs may name `batch_unmasked`
+    quiet_logging()
+    set_threads(cfg["trainer"].get("threads"))
+    paths = run_paths(out)
+    manifest = data / "MANIFEST.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} not found: prepare the data first "
+                                "(make replicate-powernorm prepares it, or "
+                                "python -m normrepro.translation.prepare)")
+    # Resume only what was trained with this very config and data; otherwise start over.
+    relevant = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
+    stamp_text = yaml.safe_dump(relevant, sort_keys=True) + f"# data: {data} {manifest.stat().st_size}\n"
+    stamp = paths["checkpoints"] / "config.yaml"
+    if not stamp.is_file() or stamp.read_text(encoding="utf-8") != stamp_text:
+        shutil.rmtree(paths["checkpoints"], ignore_errors=True)
+        for stale in (paths["metrics"], _record_csv(cfg, out)):
+            stale.unlink(missing_ok=True)
+    paths["checkpoints"].mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, stamp_text)
+    started = time.time()
+    trainer, module, dm, recorder = build(cfg, data, out)
+    trainer.callbacks.append(_callback(cfg, out))
+    ckpt = paths["last"] if paths["last"].is_file() else None
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    rows = recorder.rows
+    summary = {"status": "diverged" if module.diverged else "ok", "steps": int(trainer.global_step),
+               "epochs": None, "world_size": trainer.world_size,
+               "train_time_s": round(time.time() - started, 1),
+               "last_val_loss": float(rows[-1]["val_loss"]) if rows else None,
+               "resumed": ckpt is not None}
+    if trainer.is_global_zero:
+        write_env_json(out / "env.json", wall_time_s=summary["train_time_s"], train=summary,
+                       run={"dataset": cfg["dataset"], "arm": cfg.get("arm"), "seed": cfg["seed"],
+                            "encoder_norm": cfg["model"]["encoder_norm"]})
+    return summary
+
+
+def train_run(config: str | Path, out: str | Path, data: str | Path | None = None) -> dict:
+    """Train (or resume) one insights run; returns the content of its `record.json`."""
+    started = time.time()
+    cfg = load_yaml(config)
+    if "insights" not in cfg:
+        raise ConfigError(f"{config} is not an insights run config (no `insights` section); "
+                          "write it with python -m normrepro.insights.runs resolve")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if _launch_rank() == 0:
+        (out / "record.json").unlink(missing_ok=True)
+    data = Path(data) if data else data_dir(cfg)
+    if cfg["replication"] == "convnext":
+        summary = _train_image(cfg, out)
+    else:
+        summary = _train_text(cfg, out, data)
+    csv = _record_csv(cfg, out)
+    record = {"run": cfg["insights"]["run"], "replication": cfg["replication"], "arm": cfg.get("arm"),
+              "seed": cfg["seed"], "data": str(data), "record_csv": csv.name,
+              "wall_time_s": round(time.time() - started, 1), **summary}
+    if _launch_rank() == 0:
+        if not csv.is_file():
+            raise RuntimeError(f"training of {out} finished but recorded nothing into {csv}; "
+                               "check insights.record.layers and every_n_steps")
+        atomic_write_json(out / "record.json", record)
+    return record
+
+
+def stage_args(profile: str, stage: str, repl_dir: str | Path = REPL_DIR) -> str:
+    """The command-line arguments the profile gives a stage (`stages.<stage>`, a string)."""
+    prof = load_profile(repl_dir, profile)
+    stages = prof.get("stages") or {}
+    if stage not in stages:
+        raise ConfigError(f"unknown stage {stage!r}; the profile's stages are {', '.join(sorted(stages))}")
+    value = stages[stage]
+    return "" if value is None else str(value).strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m normrepro.insights.runs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("resolve", help="write a run's resolved config (only if it changed)")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--repl-dir", default=REPL_DIR, type=Path)
+    p = sub.add_parser("train", help="train (or resume) a run with its recorder")
+    p.add_argument("--config", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data", type=Path, help="prepared data folder (default: from the config)")
+    p = sub.add_parser("data", help="print the prepared-data folder of a run")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--run", required=True)
+    p.add_argument("--name", action="store_true", help="print the dataset name instead")
+    p.add_argument("--repl-dir", default=REPL_DIR, type=Path)
+    p = sub.add_parser("args", help="write a stage's command-line arguments (only if changed)")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--stage", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--repl-dir", default=REPL_DIR, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "resolve":
+            write_if_changed(args.out, dump(resolve_run(args.profile, args.run, args.repl_dir)))
+        elif args.cmd == "data":
+            cfg = resolve_run(args.profile, args.run, args.repl_dir)
+            if args.name:
+                print(cfg["data"]["dataset"] if cfg["replication"] == "convnext" else cfg["dataset"])
+            else:
+                print(data_dir(cfg))
+        elif args.cmd == "args":
+            write_if_changed(args.out, stage_args(args.profile, args.stage, args.repl_dir) + "\n")
+        else:
+            record = train_run(args.config, args.out, args.data)
+            if _launch_rank() == 0:
+                print(f"[insights] {args.out}: {record['status']}, recorded into "
+                      f"{record['record_csv']} ({record['wall_time_s']:.0f} s)", flush=True)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
