@@ -8,7 +8,6 @@ registry), so the rest of the suite sees the registry as the library defines it.
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
@@ -428,7 +427,7 @@ def test_report_renders_the_numbers_of_hand_made_csvs(tmp_path):
     assert "25× larger" in text  # variance 0.05 / 0.002: both larger, as in the paper
     assert "This is the PowerNorm paper's observation" in text
     assert "0.0123 σ" in text and "0.456 σ" in text and "4.0 %" in text and "30.0 %" in text
-    assert "0.25 higher than masked BN" in text
+    assert "0.25 higher than masked BN" in text and "20× smaller than random grouping" in text
     assert "exactly 0" in text and "`layer`" in text and "With `batch` it does" in text
     assert "**No.** Because." in text
     assert "80.00 % to 81.50 %" in text and "+1.50 points" in text and "0.0789 σ" in text

@@ -30,6 +30,7 @@ Lightning DDP: Lightning re-launches this same command once per extra worker.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -156,7 +157,8 @@ def _train_text(cfg: dict, out: Path, data: Path) -> dict:
                                 "python -m normrepro.translation.prepare)")
     # Resume only what was trained with this very config and data; otherwise start over.
     relevant = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
-    stamp_text = yaml.safe_dump(relevant, sort_keys=True) + f"# data: {data} {manifest.stat().st_size}\n"
+    data_id = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    stamp_text = yaml.safe_dump(relevant, sort_keys=True) + f"# data: {data} {data_id}\n"
     stamp = paths["checkpoints"] / "config.yaml"
     if not stamp.is_file() or stamp.read_text(encoding="utf-8") != stamp_text:
         shutil.rmtree(paths["checkpoints"], ignore_errors=True)
