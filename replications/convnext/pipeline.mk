@@ -59,8 +59,7 @@ cx_seed = $(patsubst seed%,%,$(word 2,$(subst /, ,$(1))))
 _cx-replicate: results/convnext/report.md
 	@echo "[convnext] report: results/convnext/report.md (data: $(CX_DATASET), arms: $(CX_ARMS), seeds: $(CX_SEEDS))"
 
-$(CX_RAW): | $(SETUP)
-	$(PY) -m normrepro.fetch $(CX_DATASET) --out data/raw/$(CX_DATASET)
+# $(CX_RAW): the fetch rule of the top-level Makefile.
 
 $(CX_PREP): $(CX_RAW)
 	$(PY) -m normrepro.convnext.prepare --dataset $(CX_DATASET) --raw data/raw/$(CX_DATASET) \

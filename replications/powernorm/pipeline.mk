@@ -65,8 +65,7 @@ pn_seed = $(patsubst seed%,%,$(word 2,$(subst /, ,$(1))))
 _pn-replicate: results/powernorm/report.md
 	@echo "[powernorm] report: results/powernorm/report.md (data: $(PN_NAME), arms: $(PN_ARMS), seeds: $(PN_SEEDS))"
 
-$(PN_RAW): data/raw/%/MANIFEST.json: | $(SETUP)
-	$(PY) -m normrepro.fetch $* --out data/raw/$*
+# data/raw/<dataset>/MANIFEST.json: the fetch rule of the top-level Makefile.
 
 # Prepare options of the profile, rewritten only when they change (so the data is redone only then).
 data/processed/$(PN_NAME).%.options.yaml: _pn-force | $(SETUP)
