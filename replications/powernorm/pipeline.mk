@@ -29,8 +29,12 @@ replicate-powernorm: $(SETUP) ## PowerNorm vs BatchNorm vs LayerNorm translation
 	@prof=$(pn_profile); jobs=$$($(PY) -m normrepro.config get $(PN_REPL) --profile $$prof parallel_runs); \
 		$(MAKE) --no-print-directory -j$${jobs:-1} _pn-replicate PROFILE=$$prof
 
-crosscheck-powernorm: $(SETUP) ## arm ln on the smoke data: fairseq-train vs Lightning -> results/powernorm/crosscheck.json
-	@$(MAKE) --no-print-directory _pn-crosscheck PROFILE=smoke
+# The cross-check's data: the smoke set by default (minutes); CROSSCHECK_PROFILE=cpu runs the same
+# widened small model on the full Bible data instead.
+CROSSCHECK_PROFILE ?= smoke
+
+crosscheck-powernorm: $(SETUP) ## arm ln, fairseq-train vs Lightning, same data+seed -> results/powernorm/crosscheck.json (CROSSCHECK_PROFILE=smoke|cpu)
+	@$(MAKE) --no-print-directory _pn-crosscheck PROFILE=$(CROSSCHECK_PROFILE)
 
 bench-powernorm: $(SETUP) ## training tokens/s, Lightning vs fairseq-train, same model/data -> results/bench/powernorm.json
 	@$(MAKE) --no-print-directory _pn-bench PROFILE=$(pn_profile)
@@ -106,7 +110,7 @@ results/powernorm/report.md: $(PN_FIG) $(PN_RES)/summary.csv $(PN_REPL)/paper.ya
 		$(wildcard results/powernorm/crosscheck.json results/bench/powernorm.json)
 	$(PY) -m normrepro.translation.report --results results/powernorm --paper $(PN_REPL)/paper.yaml --out $@
 
-# Cross-check (smoke data, arm ln, one seed): fairseq-train/fairseq-generate vs Lightning. The
+# Cross-check (arm ln, one seed; smoke data unless CROSSCHECK_PROFILE=cpu): fairseq-train/generate vs Lightning. The
 # smoke model is widened and trained 300 updates so that BLEU is above zero (about a minute each).
 PN_CC_SET := trainer.max_updates=300 trainer.val_every_updates=50 optim.lr=5e-3 optim.warmup_updates=50 \
 	model.encoder_embed_dim=64 model.decoder_embed_dim=64 model.encoder_ffn_embed_dim=256 \
@@ -120,7 +124,7 @@ ifneq ($(filter _pn-crosscheck,$(MAKECMDGOALS)),)
 _pn-crosscheck: results/powernorm/crosscheck.json
 
 results/powernorm/crosscheck.json: $(PN_DATA)/MANIFEST.json $(PN_CODE) src/normrepro/translation/crosscheck.py \
-		$(PN_REPL)/base.yaml $(PN_REPL)/profiles/smoke.yaml
+		$(PN_REPL)/base.yaml $(PN_REPL)/profiles/$(PROFILE).yaml
 	$(PY) -m normrepro.translation.crosscheck --data $(PN_DATA) --repl-dir $(PN_REPL) --profile $(PROFILE) \
 		--arm ln --seed 1 --out $@ $(addprefix --set ,$(PN_CC_SET))
 
