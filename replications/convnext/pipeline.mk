@@ -95,3 +95,52 @@ _cx-bench: | $(SETUP)
 	$(PY) -m normrepro.convnext.bench --repl $(CX_REPL) --profile $(PROFILE) --arms $(CX_ARMS) \
 		--out results/bench/convnext.json $(BENCH_ARGS)
 endif
+
+# ---- learning-rate sweep (make sweep-convnext) ----------------------------------------------
+# Each arm of the profile's `sweep.arms` trained once (seed `sweep.seed`) per lr of `sweep.lrs`,
+# scored on the held-out split; then each arm again at its best lr with
+# `sweep.check_epochs_factor` x the epochs. Files (normrepro.convnext.sweep documents them):
+#   $(CX_RES)/sweep/<arm>/lr<lr>/{config.yaml,env.json,metrics.csv}   grid runs
+#   $(CX_RES)/sweep/grid.csv                                           the chosen lr per arm
+#   $(CX_RES)/sweep/<arm>/check/{config.yaml,env.json,metrics.csv}     longer run at the chosen lr
+#   $(CX_RES)/sweep/summary.csv, $(CX_RES)/sweep/figures/sweep.{png,pdf}
+# The chosen values go into the profile by hand (arm_overrides), never automatically.
+
+.PHONY: sweep-convnext _cx-sweep
+
+sweep-convnext: $(SETUP) ## per-arm lr grid on held-out data + a 1.5x-epochs check -> results/convnext/<profile>/<dataset>/sweep/
+	@$(MAKE) --no-print-directory _cx-sweep PROFILE=$(cx_profile)
+
+ifneq ($(filter _cx-sweep,$(MAKECMDGOALS)),)
+sw_get = $(shell $(PY) -m normrepro.convnext.sweep settings $(CX_REPL) --profile $(PROFILE) $(1) $(addprefix --set ,$(SET)))
+SW_RES := $(CX_RES)/sweep
+SW_ARMS := $(if $(call cx_cli,ARMS),$(ARMS),$(call sw_get,arms))
+SW_LRS := $(call sw_get,lrs)
+SW_RUNS := $(foreach a,$(SW_ARMS),$(foreach l,$(SW_LRS),$(SW_RES)/$(a)/lr$(l)))
+SW_CHECKS := $(foreach a,$(SW_ARMS),$(SW_RES)/$(a)/check)
+sw_arm = $(word 1,$(subst /, ,$(1)))
+sw_lr = $(patsubst lr%,%,$(word 2,$(subst /, ,$(1))))
+
+.SECONDARY: $(foreach r,$(SW_RUNS) $(SW_CHECKS),$(r)/config.yaml $(r)/env.json)
+
+_cx-sweep: $(SW_RES)/summary.csv
+	@echo "[convnext] sweep: $(SW_RES)/summary.csv, $(SW_RES)/figures/sweep.png (arms: $(SW_ARMS); lrs: $(SW_LRS))"
+
+$(addsuffix /config.yaml,$(SW_RUNS)): $(SW_RES)/%/config.yaml: _cx-force | $(SETUP)
+	@$(PY) -m normrepro.convnext.sweep resolve $(CX_REPL) --profile $(PROFILE) \
+		--arm $(call sw_arm,$*) --lr $(call sw_lr,$*) $(CX_SET) --out $@
+
+$(addsuffix /config.yaml,$(SW_CHECKS)): $(SW_RES)/%/check/config.yaml: $(SW_RES)/grid.csv _cx-force
+	@$(PY) -m normrepro.convnext.sweep resolve-check $(CX_REPL) --profile $(PROFILE) --arm $* \
+		--grid $< $(CX_SET) --out $@
+
+$(addsuffix /env.json,$(SW_RUNS) $(SW_CHECKS)): %/env.json: %/config.yaml $(CX_PREP)
+	$(PY) -m normrepro.convnext.train --config $< --out $(@D)
+
+$(SW_RES)/grid.csv: $(addsuffix /env.json,$(SW_RUNS))
+	$(PY) -m normrepro.convnext.sweep grid --sweep-dir $(SW_RES) --runs $(SW_RUNS)
+
+$(SW_RES)/summary.csv: $(SW_RES)/grid.csv $(addsuffix /env.json,$(SW_CHECKS))
+	$(PY) -m normrepro.convnext.sweep finish --sweep-dir $(SW_RES) --runs $(SW_RUNS) \
+		--arms $(SW_ARMS)
+endif

@@ -40,7 +40,8 @@ def summarize(values: Iterable[float], confidence: float = 0.95) -> dict:
 def diff_ci(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) -> dict:
     """Difference of means mean(b) − mean(a) with a Welch t-interval (unequal variances).
 
-    Arms are independent trainings (different models), so the seeds are not paired.
+    Treats the two arms as independent samples; the paired interval (`paired_diff_ci`) is the
+    primary one where arms share seeds, this one is kept as a secondary column.
     """
     xa, xb = _clean(a), _clean(b)
     nan = float("nan")
@@ -60,6 +61,31 @@ def diff_ci(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) ->
         dof = (va + vb) ** 2 / (va**2 / (xa.size - 1) + vb**2 / (xb.size - 1))
         half = float(_st.t.ppf(0.5 + confidence / 2, dof) * se)
     out.update(ci_low=diff - half, ci_high=diff + half, ci_half=half)
+    return out
+
+
+def paired_diff_ci(a: dict, b: dict, confidence: float = 0.95) -> dict:
+    """Per-seed paired difference b[seed] − a[seed] with a paired-t interval.
+
+    `a` and `b` map seed → value. Arms that share seeds share the data order, the held-out split
+    and (where the architectures allow) the initialisation, so much of the seed-to-seed noise
+    cancels in the per-seed difference; the interval is the one-sample t-interval of those
+    differences. Only seeds with a finite value in both arms are paired (`n` counts them).
+    """
+    nan = float("nan")
+    seeds = sorted(s for s in set(a) & set(b)
+                   if math.isfinite(float(a[s])) and math.isfinite(float(b[s])))
+    d = np.asarray([float(b[s]) - float(a[s]) for s in seeds], dtype=float)
+    out = {"n": int(d.size), "seeds": seeds, "diff": nan, "std": nan, "ci_low": nan,
+           "ci_high": nan, "ci_half": nan}
+    if d.size == 0:
+        return out
+    out["diff"] = float(d.mean())
+    if d.size < 2:
+        return out
+    std = float(d.std(ddof=1))
+    half = float(_st.t.ppf(0.5 + confidence / 2, d.size - 1) * std / math.sqrt(d.size))
+    out.update(std=std, ci_low=out["diff"] - half, ci_high=out["diff"] + half, ci_half=half)
     return out
 
 

@@ -7,8 +7,9 @@ module turns a set of such folders into
 * a per-run table (`runs.csv`): one row per run with its status and final metrics, so a diverged
   or missing run is visible instead of silently dropped;
 * a summary table (`summary.csv`): per arm and metric the seed statistics (n, mean, std, 95% CI)
-  over the runs that finished, and for each requested pair of arms the difference of means with
-  a Welch 95% CI.
+  over the runs that finished, and for each requested pair of arms the per-seed paired
+  difference with a paired-t 95% CI (primary: arms share seeds, hence data order and held-out
+  split) and, as a secondary column, the difference of means with a Welch 95% CI.
 
 The statistics come from `normrepro.stats`, so both replications report numbers the same way.
 `SUMMARY_COLUMNS` documents every column of `summary.csv`; reports print that documentation.
@@ -40,15 +41,25 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "name": "arm name, or `B - A` for a difference (mean of arm B minus mean of arm A)",
     "metric": "which final metric (a key of each run's final.json)",
     "n": "number of runs that finished (status ok) and contribute a value; for `diff` rows, "
-         "the smaller of the two arms' counts",
+         "the number of seeds finished in both arms (the pairs)",
     "n_runs": "number of runs attempted (all statuses); for `diff` rows, both arms together",
     "n_diverged": "runs stopped because the training loss became NaN/inf",
     "n_missing": "runs without a result (not run yet, crashed, or failed)",
-    "mean": "mean over finished seeds; for `diff` rows, mean(B) - mean(A)",
-    "std": "sample standard deviation over seeds (ddof=1); empty for `diff` rows and when n < 2",
-    "ci_low": "lower end of the 95% confidence interval (Student t for arms, Welch t for diffs)",
+    "divergence_rate": "n_diverged / n_runs: a diverged run counts against its arm",
+    "mean": "mean over finished seeds; for `diff` rows, the mean over paired seeds of "
+            "B[seed] - A[seed]",
+    "std": "sample standard deviation over seeds (ddof=1); for `diff` rows, of the per-seed "
+           "differences; empty when n < 2",
+    "ci_low": "lower end of the 95% confidence interval (Student t for arms, paired t over the "
+              "per-seed differences for diffs)",
     "ci_high": "upper end of the 95% confidence interval",
     "ci_half": "half-width of the 95% confidence interval (the ± in the report)",
+    "welch_diff": "`diff` rows only: mean(B) - mean(A) over each arm's finished seeds "
+                  "(equals `mean` when every seed finished in both arms)",
+    "welch_ci_low": "`diff` rows only: lower end of the Welch 95% interval (arms treated as "
+                    "independent samples; secondary)",
+    "welch_ci_high": "`diff` rows only: upper end of the Welch 95% interval",
+    "welch_ci_half": "`diff` rows only: half-width of the Welch 95% interval",
     "status": "`ok` when every attempted run finished, otherwise what went wrong, e.g. "
               "`1/3 diverged`",
 }
@@ -141,6 +152,10 @@ def _status_text(statuses: pd.Series) -> str:
     return ", ".join(f"{count}/{n} {status}" for status, count in sorted(bad.items()))
 
 
+def _rate(count, total: int) -> float:
+    return float(count) / total if total else math.nan
+
+
 def summarize_runs(runs: pd.DataFrame, metric_keys: Sequence[str],
                    pairs: Sequence[tuple[str, str]] = (),
                    arm_order: Sequence[str] | None = None) -> pd.DataFrame:
@@ -163,22 +178,29 @@ def summarize_runs(runs: pd.DataFrame, metric_keys: Sequence[str],
                 "kind": "arm", "name": arm, "metric": metric, "n": s["n"], "n_runs": len(sub),
                 "n_diverged": int((sub["status"] == "diverged").sum()),
                 "n_missing": int((~sub["status"].isin([STATUS_OK, "diverged"])).sum()),
+                "divergence_rate": _rate((sub["status"] == "diverged").sum(), len(sub)),
                 "mean": s["mean"], "std": s["std"], "ci_low": s["ci_low"],
                 "ci_high": s["ci_high"], "ci_half": s["ci_half"],
                 "status": _status_text(sub["status"]),
             })
         for a, b in pairs:
             sa, sb = runs[runs["arm"] == a], runs[runs["arm"] == b]
-            d = stats.diff_ci(sa[sa["status"] == STATUS_OK][metric],
-                              sb[sb["status"] == STATUS_OK][metric])
+            oka, okb = sa[sa["status"] == STATUS_OK], sb[sb["status"] == STATUS_OK]
+            w = stats.diff_ci(oka[metric], okb[metric])
+            p = stats.paired_diff_ci(dict(zip(oka["seed"], oka[metric])),
+                                     dict(zip(okb["seed"], okb[metric])))
             both = pd.concat([sa["status"], sb["status"]])
             rows.append({
                 "kind": "diff", "name": f"{b} - {a}", "metric": metric,
-                "n": min(d["n_a"], d["n_b"]), "n_runs": len(both),
+                "n": p["n"], "n_runs": len(both),
                 "n_diverged": int((both == "diverged").sum()),
                 "n_missing": int((~both.isin([STATUS_OK, "diverged"])).sum()),
-                "mean": d["diff"], "std": math.nan, "ci_low": d["ci_low"],
-                "ci_high": d["ci_high"], "ci_half": d["ci_half"], "status": _status_text(both),
+                "divergence_rate": _rate((both == "diverged").sum(), len(both)),
+                "mean": p["diff"], "std": p["std"], "ci_low": p["ci_low"],
+                "ci_high": p["ci_high"], "ci_half": p["ci_half"],
+                "welch_diff": w["diff"], "welch_ci_low": w["ci_low"],
+                "welch_ci_high": w["ci_high"], "welch_ci_half": w["ci_half"],
+                "status": _status_text(both),
             })
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 

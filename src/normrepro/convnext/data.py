@@ -344,39 +344,39 @@ class TransformedSubset(Dataset):
 
 
 def build_image_transform(aug: dict, size: int, mean, std, train: bool) -> Callable:
-    """PIL → normalised tensor. Train: crop, flip, optional RandAugment and random erasing."""
+    """PIL → normalised tensor, built by timm's `create_transform` as the official ConvNeXt code
+    builds it (its `datasets.build_transform`).
+
+    Train: RandomResizedCrop (`rrc`, scale `rrc_scale`, bicubic), horizontal flip, RandAugment
+    (`rand_augment`, e.g. rand-m9-mstd0.5-inc1), normalisation and random erasing
+    (`random_erasing`, pixel mode, one box). For small images (`crop: random_crop`) the random
+    resized crop is replaced by a padded random crop, as the official code does for 32 x 32
+    inputs (timm has no such crop). Eval: resize to size / `eval_crop_pct`, centre crop, both
+    bicubic. Mixup/CutMix and label smoothing act on batches (timm's `Mixup`, in the
+    LightningModule), not here.
+    """
+    from timm.data import create_transform
     from torchvision import transforms as T
 
-    interp = T.InterpolationMode.BICUBIC
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if not train:
-        crop_pct = float(aug.get("eval_crop_pct", 1.0))
-        resize = int(math.floor(size / crop_pct))
-        return T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(size), T.ToTensor(),
-                          T.Normalize(mean, std)])
-    ops: list = []
+        return create_transform(size, is_training=False, interpolation="bicubic",
+                                crop_pct=float(aug.get("eval_crop_pct", 1.0)), mean=mean, std=std)
     crop = aug.get("crop", "random_crop")
-    if crop == "random_crop":
-        ops += [T.Resize(size, interpolation=interp), T.CenterCrop(size),
-                T.RandomCrop(size, padding=int(aug.get("crop_padding", 4)))]
-    elif crop == "rrc":
-        ops.append(T.RandomResizedCrop(size, scale=tuple(aug.get("rrc_scale", (0.08, 1.0))),
-                                       interpolation=interp))
-    else:
+    if crop not in ("random_crop", "rrc"):
         raise DataLayoutError(f"data.augment.crop={crop!r}: use 'random_crop' or 'rrc'")
-    if aug.get("hflip", 0.5):
-        ops.append(T.RandomHorizontalFlip(float(aug.get("hflip", 0.5))))
-    if aug.get("rand_augment"):
-        from timm.data import rand_augment_transform
-
-        hparams = {"translate_const": int(size * 0.45),
-                   "img_mean": tuple(round(255 * m) for m in mean)}
-        ops.append(rand_augment_transform(aug["rand_augment"], hparams))
-    ops += [T.ToTensor(), T.Normalize(mean, std)]
-    if float(aug.get("random_erasing", 0.0)) > 0:
-        from timm.data.random_erasing import RandomErasing
-
-        ops.append(RandomErasing(float(aug["random_erasing"]), mode="pixel", device="cpu"))
-    return T.Compose(ops)
+    transform = create_transform(
+        size, is_training=True, scale=tuple(aug.get("rrc_scale", (0.08, 1.0))),
+        hflip=float(aug.get("hflip", 0.5)), auto_augment=aug.get("rand_augment") or None,
+        # timm turns color jitter off whenever RandAugment is on (the paper's setting)
+        color_jitter=aug.get("color_jitter"), interpolation="bicubic", mean=mean, std=std,
+        re_prob=float(aug.get("random_erasing", 0.0)), re_mode="pixel", re_count=1)
+    if crop == "random_crop":
+        # Resize + centre crop are no-ops at the native size; they make other sizes fit.
+        transform.transforms[0:1] = [
+            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
+            T.RandomCrop(size, padding=int(aug.get("crop_padding", 4)))]
+    return transform
 
 
 def augment_tensor_batch(x: torch.Tensor, aug: dict, mean: torch.Tensor, std: torch.Tensor,

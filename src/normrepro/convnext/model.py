@@ -62,7 +62,74 @@ def build_model(model_cfg: dict, num_classes: int, in_chans: int) -> nn.Module:
         drop_path_rate=float(model_cfg.get("drop_path_rate", 0.0)),
         **kwargs,
     )
+    use_fast_convs(model)
     return model
+
+
+class SmallMapDepthwiseConv2d(nn.Conv2d):
+    """A "same"-padded, stride-1 depthwise conv that skips the kernel taps which only ever see
+    zero padding.
+
+    On an H x W map, a k x k kernel with padding k // 2 can reach a real pixel only with its
+    central (2H - 1) x (2W - 1) taps; the others multiply padding zeros. ConvNeXt's 7 x 7
+    depthwise convs run on 2 x 2 and 1 x 1 maps in the last stages at 32 x 32 inputs, where CPU
+    kernels spend most of a training step on those zeros (the backward of the 1 x 1-map conv
+    alone cost more than all 1 x 1 convs together). Cropping the kernel to the reachable taps
+    computes the same function with the same parameters: the outputs are the same sums (up to
+    float rounding order), and the unreachable taps get exactly zero gradient, as before.
+    """
+
+    def _conv_forward(self, input, weight, bias):  # noqa: A002 - torch's signature
+        kh, kw = self.kernel_size
+        h, w = input.shape[-2:]
+        ch, cw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
+        if (ch, cw) == (kh, kw):
+            return super()._conv_forward(input, weight, bias)
+        top, left = (kh - ch) // 2, (kw - cw) // 2
+        return torch.nn.functional.conv2d(input, weight[:, :, top:top + ch, left:left + cw],
+                                          bias, 1, (ch // 2, cw // 2), 1, self.groups)
+
+    @classmethod
+    def applies_to(cls, conv: nn.Module) -> bool:
+        """Only where cropping is exact: stride 1, dilation 1, zero "same" padding, odd kernel."""
+        return (type(conv) is nn.Conv2d and conv.groups == conv.in_channels > 1
+                and conv.stride == (1, 1) and conv.dilation == (1, 1)
+                and conv.padding_mode == "zeros" and all(k % 2 == 1 for k in conv.kernel_size)
+                and conv.padding == tuple(k // 2 for k in conv.kernel_size))
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1 x 1 conv computed as a matrix product over channels (`F.linear` on the channels-last
+    view): the same function and parameters as the conv (a 1 x 1 conv *is* a per-position
+    linear map), but one GEMM instead of a convolution kernel. With `conv_mlp=True` every block
+    MLP of timm's ConvNeXt is two such convs; on CPU the GEMM trains them several times faster
+    on the small late-stage maps. The output is channels-last in memory (a permuted view)."""
+
+    def _conv_forward(self, input, weight, bias):  # noqa: A002 - torch's signature
+        out = torch.nn.functional.linear(input.permute(0, 2, 3, 1),
+                                         weight.reshape(weight.shape[0], weight.shape[1]), bias)
+        return out.permute(0, 3, 1, 2)
+
+    @classmethod
+    def applies_to(cls, conv: nn.Module) -> bool:
+        return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.groups == 1
+                and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
+                and conv.dilation == (1, 1))
+
+
+def use_fast_convs(model: nn.Module) -> dict[str, int]:
+    """Swap eligible convs in place for `SmallMapDepthwiseConv2d` / `PointwiseConv2d` (same
+    weights, same state_dict keys, same function); returns how many of each were swapped."""
+    swapped = {"depthwise": 0, "pointwise": 0}
+    for module in model.modules():
+        for child in module.children():
+            if SmallMapDepthwiseConv2d.applies_to(child):
+                child.__class__ = SmallMapDepthwiseConv2d
+                swapped["depthwise"] += 1
+            elif PointwiseConv2d.applies_to(child):
+                child.__class__ = PointwiseConv2d
+                swapped["pointwise"] += 1
+    return swapped
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -55,11 +55,12 @@ def regime_table(paper: dict, regime: str | None = None) -> dict:
     """{'label', 'source', 'arms': [{name, mean, std, ci_half}], 'diff': {diff, ci_half}}."""
     name = regime or paper["primary"]
     r = paper["results"][name]
-    n = int(r.get("seeds", 1))
+    n = int(r.get("seeds") or 1)  # null: not stated (treated as one run: no interval)
     arms = []
     for arm in ("bn", "ln"):
         mean, std = float(r[arm]["mean"]), r[arm].get("std")
         arms.append({"name": arm, "mean": mean, "std": std, "ci_half": _half_width(std, n)})
     diff = welch_from_stats(arms[0]["mean"], arms[0]["std"], n, arms[1]["mean"], arms[1]["std"], n)
     return {"regime": name, "label": r.get("label", name), "source": r.get("source", ""),
-            "transcribed_from": r.get("transcribed_from"), "seeds": n, "arms": arms, "diff": diff}
+            "transcribed_from": r.get("transcribed_from"), "seeds": n,
+            "seeds_stated": r.get("seeds"), "arms": arms, "diff": diff}

@@ -7,16 +7,20 @@ Every number in the report is read from a file: the paper's from paper.yaml; our
 `<dataset>/summary.csv`, `<dataset>/runs.csv` and each run's config.yaml, env.json, final.json.
 One section per data set given (the Makefile passes the one it just ran).
 
-Verdict rule (stated in the report too). Let d = mean(LN) - mean(BN) in test top-1 points and
-[lo, hi] its Welch 95% interval; m = `report.equivalence_margin` of the run config (0.5 points).
-The paper's claim "LN does not hurt" is read as "LN is not worse by more than m":
-  fewer than 2 finished seeds in an arm -> inconclusive (no interval)
-  lo > 0                                 -> consistent: LN better
-  lo >= -m                               -> consistent: LN at most m points worse
-                                            (noted when hi < 0: slightly but measurably worse)
-  hi < -m                                -> inconsistent: LN worse by more than m
-  lo < -m and hi < 0                     -> inconsistent: LN worse (interval excludes 0)
-  otherwise (lo < -m <= 0 <= hi)         -> inconclusive: more seeds needed
+Verdict rule (stated in the report too). Arms share seeds (same data order, held-out split and
+augmentation draws), so the comparison is paired: d = mean over seeds of LN[seed] - BN[seed] in
+test top-1 points, [lo, hi] its paired-t 95% interval (the Welch interval of the difference of
+means is printed as a secondary number); m = `report.equivalence_margin` (0.5 points). The
+paper's claim "LN does not hurt" is read as "LN is not worse by more than m":
+  fewer than 2 seeds finished in both arms -> inconclusive (no interval)
+  LN diverged in a run (BN never)          -> inconsistent: a diverging arm is not "not worse"
+  LN and BN both diverged in some run      -> inconclusive
+  lo > 0                                   -> consistent: LN better
+  hi < 0                                   -> inconsistent: LN measurably worse (the interval
+                                              lies below 0; said when it is by less than m)
+  lo >= -m                                 -> consistent: LN at most m points worse
+  otherwise (lo < -m, hi >= 0)             -> inconclusive: more seeds needed
+Every verdict names the regime it was measured in (data set, model, images, epochs, profile).
 """
 
 from __future__ import annotations
@@ -57,24 +61,29 @@ METRICS_DOC = {
 assert set(METRICS_DOC) == set(METRIC_COLUMNS), "document every metrics.csv column"
 
 
-def verdict(diff: float, lo: float, hi: float, margin: float, n_a: int, n_b: int) -> tuple[str, str]:
+def verdict(diff: float, lo: float, hi: float, margin: float, n_pairs: int,
+            ln_diverged: int = 0, bn_diverged: int = 0) -> tuple[str, str]:
     """(category, sentence) by the rule in this module's docstring."""
-    if n_a < 2 or n_b < 2 or not all(math.isfinite(v) for v in (diff, lo, hi)):
-        return "inconclusive", ("inconclusive: an interval needs at least 2 finished seeds per "
-                                f"arm (have BN {n_a}, LN {n_b})")
     m = f"{margin:g}"
+    if ln_diverged:
+        if bn_diverged:
+            return "inconclusive", (f"inconclusive: both arms diverged in some runs (LN "
+                                    f"{ln_diverged}, BN {bn_diverged})")
+        return "inconsistent", (f"inconsistent with the paper's 'LN does not hurt': LN diverged "
+                                f"in {ln_diverged} run(s), BN in none")
+    if n_pairs < 2 or not all(math.isfinite(v) for v in (diff, lo, hi)):
+        return "inconclusive", ("inconclusive: a paired interval needs at least 2 seeds finished "
+                                f"in both arms (have {n_pairs})")
     if lo > 0:
         return "consistent", "consistent with the paper's 'LN does not hurt': LN is better"
-    if lo >= -margin:
-        extra = (" (LN is slightly but measurably worse: the interval excludes 0)" if hi < 0
-                 else "")
-        return "consistent", (f"consistent with the paper's 'LN does not hurt': LN is at most "
-                              f"{m} points worse at 95% confidence{extra}")
-    if hi < -margin:
-        return "inconsistent", f"inconsistent with the paper: LN is worse by more than {m} points"
     if hi < 0:
-        return "inconsistent", ("inconsistent with the paper: LN is worse (the interval excludes 0"
-                                f" and reaches beyond -{m} points)")
+        size = (f"by at most {m} points, but" if lo >= -margin else "and possibly by more than "
+                f"{m} points;")
+        return "inconsistent", ("inconsistent with the paper's 'LN does not hurt': LN is worse "
+                                f"{size} the whole interval lies below 0")
+    if lo >= -margin:
+        return "consistent", (f"consistent with the paper's 'LN does not hurt': LN is at most "
+                              f"{m} points worse at 95% confidence")
     return "inconclusive", (f"inconclusive: the interval contains both 0 and losses larger than "
                             f"{m} points; more seeds would narrow it")
 
@@ -128,10 +137,31 @@ def _augment_text(aug: dict) -> str:
     return ", ".join(parts)
 
 
-def _deviations(paper: dict, cfg: dict, train_rec: dict, split_sizes: dict) -> list[str]:
+def _lr_rule(cfg: dict) -> str:
+    """How a run's lr was set, in words."""
+    optim = cfg["optim"]
+    if optim.get("lr") is not None:
+        return "absolute, chosen for this arm on held-out data (`make sweep-convnext`)"
+    return (f"{optim['base_lr']} × effective batch / {optim['base_batch']}, the linear scaling "
+            "rule of Goyal et al. 2017 moving the paper's lr to our batch size")
+
+
+def _deviations(paper: dict, cfg: dict, train_rec: dict, split_sizes: dict,
+                arm_lrs: dict[str, float]) -> list[str]:
     out = []
     ours_values = {"effective_batch": train_rec.get("effective_batch")}
-    for key, theirs in (paper.get("setup") or {}).items():
+    setup = dict(paper.get("setup") or {})
+    theirs_lr = setup.pop("lr", None)
+    if theirs_lr is not None and any(lr != theirs_lr for lr in arm_lrs.values()):
+        out.append("peak learning rate: paper " + f"{theirs_lr:g} at batch "
+                   f"{setup.get('effective_batch')}; ours " + ", ".join(
+                       f"{arm} {_lr_text(lr)}" for arm, lr in sorted(arm_lrs.items()))
+                   + f" at batch {train_rec.get('effective_batch')} ({_lr_rule(cfg)})")
+    if cfg["optim"].get("lr") is not None:
+        out.append("learning rate chosen per arm on held-out data (grid of `sweep.lrs`, one seed, "
+                   "best held-out top-1; see the sweep below); the paper used one lr for both "
+                   "arms")
+    for key, theirs in setup.items():
         ours = ours_values[key] if key in ours_values else _get(cfg, key)
         if ours != theirs:
             out.append(f"`{key}`: paper {theirs!r}, ours {ours!r}")
@@ -143,6 +173,48 @@ def _deviations(paper: dict, cfg: dict, train_rec: dict, split_sizes: dict) -> l
                    "curves; the paper trained on all of them")
     out += [str(n) for n in (paper.get("notes") or [])]
     return out
+
+
+def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float]) -> list[str]:
+    """The learning-rate sweep behind the arms' lrs, from `sweep/grid.csv` and `summary.csv`."""
+    if not (sweep_dir / "summary.csv").is_file() or not (sweep_dir / "grid.csv").is_file():
+        return ["### Learning-rate sweep", "",
+                f"No sweep results under `{sweep_dir}`; `make sweep-convnext` writes them (the "
+                "profile's lrs were chosen by it on the development machine).", ""]
+    grid = pd.read_csv(sweep_dir / "grid.csv")
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    rows = []
+    for arm, sub in grid.groupby("arm", sort=True):
+        row = {"arm": arm}
+        for r in sub.sort_values("lr").itertuples():
+            cell = rp.fmt_num(r.val_top1) if r.status == "ok" else str(r.status)
+            row[f"lr {r.lr:g}"] = f"**{cell}**" if bool(r.chosen) else cell
+        rows.append(row)
+    lines = ["### Learning-rate sweep (held-out top-1, %)", "",
+             "Each arm trained once (one seed) per learning rate with this profile's schedule, "
+             "scored on the held-out images after the last epoch; the test split is never read. "
+             "Bold: the arm's best, which the profile uses.", "", rp.markdown_table(rows), ""]
+    check_rows, mismatch = [], []
+    for r in summary.itertuples():
+        check_rows.append({"arm": r.arm, "chosen lr": f"{r.chosen_lr:g}",
+                           "held-out top-1": rp.fmt_num(r.val_top1),
+                           f"after {r.check_epochs} epochs": rp.fmt_num(r.check_val_top1),
+                           "gain (points)": _signed(float(r.check_gain)),
+                           "check status": r.check_status})
+        used = arm_lrs.get(r.arm)
+        if used is not None and math.isfinite(float(r.chosen_lr)) and \
+                not math.isclose(float(used), float(r.chosen_lr), rel_tol=1e-9):
+            mismatch.append(f"{r.arm}: runs used {used:g}, sweep chose {r.chosen_lr:g}")
+    lines += ["Does training longer still change the answer? Each arm once more at its chosen lr "
+              "with more epochs (same seed), held-out top-1:", "",
+              rp.markdown_table(check_rows), ""]
+    if mismatch:
+        lines += ["**Warning**: the runs above did not use the sweep's choice (" +
+                  "; ".join(mismatch) + "); update `arm_overrides` in the profile.", ""]
+    png = sweep_dir / "figures" / "sweep.png"
+    if png.is_file():
+        lines += [rp.figure_line(png, report_path, "held-out top-1 vs learning rate per arm"), ""]
+    return lines
 
 
 def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: Path) -> tuple[str, dict]:
@@ -164,6 +236,8 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
 
     arm_norms = {d["row"]["arm"]: d["config.yaml"]["model"]["norm"] for d in details
                  if "config.yaml" in d}
+    arm_lrs = {d["row"]["arm"]: d["env.json"]["train"]["lr"] for d in details
+               if "train" in d.get("env.json", {})}
     lines = [f"## {dataset}", ""]
     # ---- setting
     model = cfg["model"]
@@ -188,9 +262,9 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         f"- **Training**: {cfg['trainer']['max_epochs']} epochs, AdamW, effective batch "
         f"{train_rec.get('effective_batch', 'n/a')} (per device {cfg['data']['batch_size']} × "
         f"{train_rec.get('world_size', 'n/a')} processes × "
-        f"{cfg['trainer'].get('accumulate_grad_batches', 1)} accumulation), lr "
-        f"{_lr_text(train_rec.get('lr'))} = {cfg['optim']['base_lr']} × batch / "
-        f"{cfg['optim']['base_batch']}, {cfg['optim'].get('warmup_epochs')} warm-up epoch(s) "
+        f"{cfg['trainer'].get('accumulate_grad_batches', 1)} accumulation), peak lr "
+        + ", ".join(f"{arm} {_lr_text(lr)}" for arm, lr in sorted(arm_lrs.items()))
+        + f" ({_lr_rule(cfg)}), {cfg['optim'].get('warmup_epochs')} warm-up epoch(s) "
         f"then cosine, weight decay {cfg['optim']['weight_decay']}, label smoothing "
         f"{cfg['optim'].get('label_smoothing')}, precision {train_rec.get('precision', 'n/a')}.",
         f"- **Seeds**: " + "; ".join(f"{arm}: {', '.join(map(str, s))}" for arm, s in sorted(seeds.items()))
@@ -208,11 +282,12 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         r1, r5 = top1.loc[name], top5.loc[name]
         is_diff = r1["kind"] == "diff"
         rows.append({
-            "arm": f"{name} (difference)" if is_diff else name,
+            "arm": f"{name} (paired difference)" if is_diff else name,
             "seeds ok / run": "" if is_diff else f"{int(r1['n'])} / {int(r1['n_runs'])}",
             "top-1 (%) mean ± 95% CI": format_pm(r1["mean"], r1["ci_half"]),
             "top-1 std": rp.fmt_num(r1["std"]),
             "top-5 (%) mean ± 95% CI": format_pm(r5["mean"], r5["ci_half"]),
+            "diverged": f"{int(r1['n_diverged'])} / {int(r1['n_runs'])}",
             "status": r1["status"]})
     lines += ["### Results (test split, after the last epoch)", "", rp.markdown_table(rows), ""]
     lines += ["Per run (`runs.csv`):", "",
@@ -223,28 +298,37 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
     info = {"dataset": dataset, "category": "inconclusive"}
     pt = regime_table(paper)
     paper_diff = pt["diff"]
+    regime = (f"{dataset}, timm `{model['variant']}` (stem patch {model.get('patch_size')}), "
+              f"{split_sizes.get('train', 'n/a')} training images, "
+              f"{cfg['trainer']['max_epochs']} epochs, profile `{cfg.get('profile', 'n/a')}`")
+    info["regime"] = regime
     if len(diff_rows):
         d = diff_rows.iloc[0]
-        n_bn = int(top1.loc["bn", "n"]) if "bn" in top1.index else 0
-        n_ln = int(top1.loc["ln", "n"]) if "ln" in top1.index else 0
+        n_div = {arm: int(top1.loc[arm, "n_diverged"]) if arm in top1.index else 0
+                 for arm in ("bn", "ln")}
+        n_pairs = int(d["n"]) if math.isfinite(float(d["n"])) else 0
         category, sentence = verdict(float(d["mean"]), float(d["ci_low"]), float(d["ci_high"]),
-                                     margin, n_bn, n_ln)
+                                     margin, n_pairs, n_div["ln"], n_div["bn"])
         info.update(category=category, diff=float(d["mean"]), ci_half=float(d["ci_half"]))
         lines += [
             "### Verdict", "",
+            f"Measured in: {regime}.", "",
             f"**LN − BN = {_signed(float(d['mean']))} ± {rp.fmt_num(d['ci_half'])} points** "
-            f"(95% Welch CI [{_signed(float(d['ci_low']))}, {_signed(float(d['ci_high']))}], "
-            f"{n_ln} vs {n_bn} seeds): {sentence}.", "",
+            f"(paired over {n_pairs} seeds, 95% paired-t CI [{_signed(float(d['ci_low']))}, "
+            f"{_signed(float(d['ci_high']))}]; the Welch interval of the difference of means, "
+            f"treating the arms as independent, is [{_signed(float(d['welch_ci_low']))}, "
+            f"{_signed(float(d['welch_ci_high']))}]): {sentence}.", "",
             f"For comparison, the paper ({pt['label']}): LN − BN = "
             f"{_signed(paper_diff['diff'])} ± {rp.fmt_num(paper_diff['ci_half'])} points "
-            f"(95% CI from its mean ± std over {pt['seeds']} seeds). The absolute accuracies are "
-            "on different data sets and are not comparable; the sign and size of the effect "
-            "are.", "",
-            f"Rule: with d = mean(LN) − mean(BN) and [lo, hi] its 95% Welch interval, "
-            f"'does not hurt' means lo ≥ −{margin:g} points (margin `report.equivalence_margin`); "
-            f"lo > 0 reads as LN better; hi < −{margin:g}, or hi < 0 with lo < −{margin:g}, as "
-            "inconsistent; an interval spanning both 0 and −margin as inconclusive. Diverged "
-            "runs carry no accuracy and are excluded from the interval (counted in `status`).",
+            f"(95% Welch CI from its mean ± std over {pt['seeds']} seeds; the paper does not "
+            "give per-seed pairs). The absolute accuracies are on different data sets and are "
+            "not comparable; the sign and size of the effect are.", "",
+            f"Rule: with d = mean over seeds of LN[seed] − BN[seed] and [lo, hi] its 95% paired-t "
+            f"interval, 'does not hurt' means lo ≥ −{margin:g} points (margin "
+            f"`report.equivalence_margin`) and the interval not wholly below 0; lo > 0 reads as "
+            f"LN better; hi < 0 as inconsistent (LN measurably worse); an interval spanning both "
+            f"0 and −{margin:g} as inconclusive. A diverged run counts against its arm: an arm "
+            "with a divergence is never 'not worse' (divergence rates in the table above).",
             ""]
     # ---- figures
     stems = figure_paths(figures_dir, dataset)
@@ -256,9 +340,10 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         lines += ["### Figures", ""]
         for stem, alt in present:
             lines += [rp.figure_line(stem.with_name(stem.name + ".png"), report_path, alt), ""]
+    lines += sweep_section(ds_dir / "sweep", report_path, arm_lrs)
     # ---- deviations
     lines += ["### Deviations from the paper's setup", ""]
-    lines += [f"- {x}" for x in _deviations(paper, cfg, train_rec, split_sizes)] + [""]
+    lines += [f"- {x}" for x in _deviations(paper, cfg, train_rec, split_sizes, arm_lrs)] + [""]
     info.update(profile=cfg.get("profile"), seeds=sorted({s for v in seeds.values() for s in v}))
     return "\n".join(lines), info
 
@@ -287,7 +372,8 @@ def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path
             return format_pm(a["mean"], a["std"]) if a["std"] is not None else rp.fmt_num(a["mean"])
 
         rows.append({"regime": t["label"], "BN (mean ± std)": pm(bn), "LN (mean ± std)": pm(ln),
-                     "LN − BN": _signed(t["diff"]["diff"]), "seeds": t["seeds"],
+                     "LN − BN": _signed(t["diff"]["diff"]),
+                     "seeds": t["seeds_stated"] or "not stated",
                      "source": t["source"]})
     head += [rp.markdown_table(rows), ""]
     if pt.get("transcribed_from"):
