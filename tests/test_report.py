@@ -19,7 +19,7 @@ from normrepro.convnext import summarize as cxsum
 from normrepro.convnext.metrics import write_metrics_csv
 from normrepro.convnext.paper import load_paper, regime_table, welch_from_stats
 from normrepro.provenance import write_env_json
-from normrepro.stats import diff_ci, format_pm
+from normrepro.stats import diff_ci, format_pm, paired_diff_ci
 
 REPL = Path(__file__).resolve().parents[1] / "replications" / "convnext"
 
@@ -100,22 +100,7 @@ def test_plots_write_png_and_pdf(tmp_path):
 
 # ---------------------------------------------------------------- ConvNeXt verdict and paper
 
-@pytest.mark.parametrize("diff, lo, hi, category, phrase", [
-    (0.8, 0.2, 1.4, "consistent", "LN is better"),
-    (0.3, -0.1, 0.7, "consistent", "at most 0.5 points worse"),
-    (-0.3, -0.45, -0.15, "consistent", "slightly but measurably worse"),
-    (-1.5, -2.0, -1.0, "inconsistent", "worse by more than 0.5"),
-    (-0.6, -1.0, -0.2, "inconsistent", "interval excludes 0"),
-    (-0.2, -1.2, 0.8, "inconclusive", "more seeds"),
-])
-def test_verdict_rule(diff, lo, hi, category, phrase):
-    got, sentence = cxreport.verdict(diff, lo, hi, 0.5, 3, 3)
-    assert got == category and phrase in sentence
-
-
-def test_verdict_needs_two_seeds_per_arm():
-    got, sentence = cxreport.verdict(0.1, float("nan"), float("nan"), 0.5, 3, 1)
-    assert got == "inconclusive" and "at least 2" in sentence
+# The verdict rule's cases are in test_convnext_sweep.py (paired interval, divergence).
 
 
 def test_paper_numbers_come_from_paper_yaml():
@@ -176,10 +161,12 @@ def test_convnext_report_from_hand_made_results(tmp_path):
                           "--out", str(out)]) == 0
     text = out.read_text()
 
-    d = diff_ci(BN, LN)
-    category, sentence = cxreport.verdict(d["diff"], d["ci_low"], d["ci_high"], 0.5, 3, 3)
+    d = paired_diff_ci(dict(enumerate(BN)), dict(enumerate(LN)))  # seeds 0-2 in both arms
+    category, sentence = cxreport.verdict(d["diff"], d["ci_low"], d["ci_high"], 0.5, 3, 0, 1)
     assert f"LN − BN = {d['diff']:+.2f} ± {d['ci_half']:.2f} points" in text
+    assert "paired over 3 seeds" in text and "Measured in: fashion-mnist" in text
     assert sentence in text and category == "consistent"
+    assert "| 1 / 4 |" in text  # BN's divergence rate
     assert "| bn | 3 / 4 |" in text and "1/4 diverged" in text
     assert "| bn | 3 | diverged | n/a | n/a |" in text
     paper = yaml.safe_load((REPL / "paper.yaml").read_text())

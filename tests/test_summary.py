@@ -65,9 +65,13 @@ def test_summary_statistics_and_difference(tmp_path):
     assert b["status"] == "1/4 diverged, 1/4 missing"
     d = acc.loc["b - a"]
     ref = stats.diff_ci(a_vals, b_vals)
-    assert d["kind"] == "diff" and d["mean"] == pytest.approx(ref["diff"])
-    assert (d["ci_low"], d["ci_high"]) == pytest.approx((ref["ci_low"], ref["ci_high"]))
-    assert math.isnan(d["std"]) and d["n"] == 2 and d["n_diverged"] == 1
+    assert d["kind"] == "diff" and d["welch_diff"] == pytest.approx(ref["diff"])
+    assert (d["welch_ci_low"], d["welch_ci_high"]) == pytest.approx((ref["ci_low"], ref["ci_high"]))
+    a_ok = {s: v for s, v in VALUES["a"].items()}
+    b_ok = {s: v for s, v in VALUES["b"].items()}
+    paired = stats.paired_diff_ci(a_ok, b_ok)
+    assert d["mean"] == pytest.approx(paired["diff"]) and d["n"] == paired["n"]
+    assert d["n_diverged"] == 1 and d["divergence_rate"] == pytest.approx(1 / 7)
     with pytest.raises(ValueError, match="no runs"):
         summarize_runs(runs, ["acc"], pairs=[("a", "zzz")])
 
