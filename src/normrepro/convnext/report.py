@@ -397,6 +397,9 @@ def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path
     commands = []
     for info in infos:
         seeds = " ".join(map(str, info["seeds"]))
+        if (results / info["dataset"] / "sweep" / "summary.csv").is_file():
+            commands.append(f"make sweep-convnext PROFILE={info['profile']} "
+                            f"DATASET={info['dataset']}   # the lr grid (not rerun by the next line)")
         commands.append(f"make replicate-convnext PROFILE={info['profile']} "
                         f"DATASET={info['dataset']} SEEDS=\"{seeds}\"")
     commands.append(f"python -m normrepro.convnext.report --results {results} --datasets "
