@@ -98,6 +98,11 @@ def _seq_expect(name, t0, b0, c0, mask, groups=2):
         exp[:, b0, c0] = real[:, b0]
     elif name in ("batch", "sync_batch", "power_vanilla"):  # sync_batch: no process group here
         exp[:, :, c0] = real
+    elif name == "bn_official":
+        # The token's root-mean-square scaling touches all its channels; every channel's batch
+        # statistics then move, and so does every real token. Padding holds the real mean, which
+        # is the batch mean, so it always comes out as the bias.
+        exp[:, :, :] = real.unsqueeze(-1)
     elif name == "power":
         # GroupScaling mixes the token's own group; ψ²_B then spreads each of those channels to
         # every token (padding included: upstream does not mask PN's output).
@@ -426,3 +431,78 @@ def test_get_norm_layer_works_as_timm_norm_layer():
     assert kinds == {"BatchNorm2d"}
     norm = get_norm_layer("layer")(8, device="cpu", dtype=torch.float64)
     assert norm.weight.dtype == torch.float64
+
+
+# ---------------------------------------------------------------- bn_official vs the released code
+
+class RefOfficialBN:
+    """Float64 transcription, op by op, of the released PowerNorm code's `batch` norm
+    (sIncerass/powernorm, fairseq/modules/norms/mask_syncbatchnorm.py, MaskSyncBatchNorm with
+    its LayerScaling1D; single process, so `need_sync` is False there too), written independently
+    of `normrepro.norms.OfficialBatchNorm`: index assignment of the real-token mean into a
+    clone, as the original does, and F.batch_norm over the T*B rows."""
+
+    def __init__(self, C, momentum=0.05, eps=1e-5, scale_eps=1e-5):
+        self.weight = torch.ones(C, dtype=torch.float64, requires_grad=True)
+        self.bias = torch.zeros(C, dtype=torch.float64, requires_grad=True)
+        self.running_mean = torch.zeros(C, dtype=torch.float64)
+        self.running_var = torch.ones(C, dtype=torch.float64)
+        self.momentum, self.eps, self.scale_eps = momentum, eps, scale_eps
+
+    def __call__(self, inp, pad_mask, training=True):
+        second_moment = torch.mean(inp * inp, dim=2, keepdim=True)
+        inp = inp / torch.sqrt(second_moment + self.scale_eps)
+        T, B, C = inp.shape
+        keep = (~pad_mask).transpose(0, 1)  # True at real tokens, (T, B)
+        n_pad = int((~keep).sum())
+        filled = inp.clone()
+        filled[~keep, :] = inp[keep, :].mean(dim=0).clone().unsqueeze(0).repeat(n_pad, 1)
+        rows = filled.contiguous().view(T * B, C)
+        out = F.batch_norm(rows, self.running_mean, self.running_var, self.weight, self.bias,
+                           training, self.momentum, self.eps)
+        return out.view(T, B, C)
+
+
+def test_bn_official_matches_the_released_code_step_by_step():
+    torch.manual_seed(3)
+    ours = create_norm("bn_official", C).double().train()
+    ref = RefOfficialBN(C)
+    with torch.no_grad():
+        w, b = torch.rand(C, dtype=torch.float64) + 0.5, torch.randn(C, dtype=torch.float64)
+        ours.weight.copy_(w), ours.bias.copy_(b)
+        ref.weight.copy_(w), ref.bias.copy_(b)
+    assert ours.momentum == 0.05 and ours.scale_eps == 1e-5
+    for step in range(6):
+        mask = _mask(10 + step, p=0.4)
+        x = (3 * torch.randn(T, B, C, dtype=torch.float64) + 1).requires_grad_(True)
+        xr = x.detach().clone().requires_grad_(True)
+        gy = torch.randn(T, B, C, dtype=torch.float64)
+        y, yr = ours(x, pad_mask=mask), ref(xr, mask)
+        y.backward(gy)
+        yr.backward(gy)
+        torch.testing.assert_close(y, yr, rtol=1e-10, atol=1e-10)  # padding positions too
+        torch.testing.assert_close(x.grad, xr.grad, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-12, atol=1e-12)
+        for p in (ours.weight, ours.bias, ref.weight, ref.bias):
+            p.grad = None
+    assert int(ours.num_batches_tracked) == 6
+    # eval: the running statistics, after the same scaling and padding fill
+    ours.eval()
+    mask = _mask(99, p=0.4)
+    x = torch.randn(T, B, C, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, pad_mask=mask), ref(x, mask, training=False))
+
+
+def test_bn_official_differs_from_textbook_masked_bn():
+    """Guards the arm split: `bn` (released code) and `bn_masked` (textbook) are different norms."""
+    torch.manual_seed(0)
+    mask = _mask(7, p=0.4)
+    x = 2 * torch.randn(T, B, C) + 0.5
+    a = create_norm("bn_official", C).train()(x, pad_mask=mask)
+    b = create_norm("batch", C).train()(x, pad_mask=mask)
+    real = ~mask.t()
+    assert (a[real] - b[real]).abs().max() > 1e-2

@@ -6,8 +6,8 @@ callable `(num_features, **kwargs)` usable as timm's `norm_layer`; `NORM_NAMES` 
 Two families, by input layout:
 
 * Sequence norms take fairseq's `(T, B, C)` layout and are called `norm(x, pad_mask=None)` with
-  `pad_mask` of shape `(B, T)`, True at padding. Names: `layer`, `batch`, `sync_batch`,
-  `power_vanilla`, `power`, `rms`, `group`, `instance`.
+  `pad_mask` of shape `(B, T)`, True at padding. Names: `layer`, `batch`, `bn_official`,
+  `sync_batch`, `power_vanilla`, `power`, `rms`, `group`, `instance`.
 * Image norms take `(B, C, H, W)`: `layer2d` (LayerNorm over C at each position, as in ConvNeXt),
   `batch2d`, `sync_batch2d`, `group2d`, `instance2d`.
 
@@ -21,6 +21,8 @@ rms            C (no mean subtraction)                 token (t, b)
 group          C/G channels of one group               token and group
 instance       T (non-pad positions of one sentence)   sentence and channel (b, c)
 batch          T x B (all non-pad tokens of the batch)  channel
+bn_official    T x B, padding filled with the real mean channel (after scaling each token by its
+                                                       root mean square over C; see its docstring)
 sync_batch     T x B of every worker in the group      channel
 power(_vanilla) T x B (non-pad; quadratic mean only)   channel
 layer2d        C                                       position (b, h, w)
@@ -820,11 +822,81 @@ class SyncBatchNorm2d(BatchNorm2d):
 
 
 # --------------------------------------------------------------------------------------------
+# the released PowerNorm code's BatchNorm
+
+class OfficialBatchNorm(nn.Module):
+    """`bn_official`: BatchNorm as the released PowerNorm code runs it, the norm behind the
+    paper's BN rows.
+
+    sIncerass/powernorm maps `--encoder-norm-self batch` to `MaskSyncBatchNorm`
+    (`fairseq/modules/norms/mask_syncbatchnorm.py`), which is not textbook masked BatchNorm:
+
+    1. every token (padding too) is first divided by the root of the mean of its squares over
+       the C channels (its `LayerScaling1D`, eps `scale_eps` = 1e-5);
+    2. padding positions are then replaced by the mean of the real tokens (a differentiable
+       mean: gradients from the padding outputs reach the real tokens), and
+    3. the batch statistics are those of `F.batch_norm` over all T x B positions: the mean is the
+       real tokens' mean, the biased variance is the real tokens' variance shrunk by the
+       fraction of real positions, and the running variance is updated with the unbiased
+       variance over T x B, with momentum 0.05.
+
+    Eval uses the running statistics, after the same scaling and padding fill. One difference,
+    on purpose: a batch of padding only (no real token) fills with zeros instead of the official
+    code's NaN mean. `batch` (textbook masked BN) stays in the registry; the PowerNorm
+    replication's `bn` arm uses this one and its `bn_masked` arm the textbook one.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.05,
+                 affine: bool = True, scale_eps: float = 1e-5):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.scale_eps, self.affine = scale_eps, affine
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, scale_eps={self.scale_eps}")
+
+    def forward(self, x, pad_mask=None):  # noqa: D102
+        _check_seq(self, x, pad_mask)
+        T, B, C = x.shape
+        z = _as_float(x, self.running_mean)
+        z = z * torch.rsqrt(z.square().mean(dim=-1, keepdim=True) + self.scale_eps)
+        has_real = None
+        if pad_mask is not None:
+            real = (~pad_mask).transpose(0, 1).unsqueeze(-1)  # (T, B, 1)
+            n_real = real.sum()
+            has_real = n_real > 0
+            real_mean = torch.where(real, z, 0.0).sum(dim=(0, 1)) / n_real.clamp_min(1)
+            z = torch.where(real, z, real_mean)
+        running = self.running_mean, self.running_var
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            if has_real is not None:
+                # F.batch_norm updates copies; a batch of padding only then leaves the buffers as
+                # they are, decided on the device (no host sync). Copies, because the backward
+                # of batch_norm checks that the tensors it was given were not modified since.
+                running = self.running_mean.clone(), self.running_var.clone()
+        y = F.batch_norm(z.reshape(T * B, C), *running, self.weight, self.bias, self.training,
+                         self.momentum, self.eps)
+        if self.training and has_real is not None:
+            with torch.no_grad():
+                self.running_mean.copy_(torch.where(has_real, running[0], self.running_mean))
+                self.running_var.copy_(torch.where(has_real, running[1], self.running_var))
+        return y.reshape(T, B, C).to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
 # registry
 
 SEQUENCE_NORMS: dict[str, type[nn.Module]] = {
     "layer": SeqLayerNorm,
     "batch": MaskedBatchNorm,
+    "bn_official": OfficialBatchNorm,
     "sync_batch": SyncMaskedBatchNorm,
     "power_vanilla": PowerNormVanilla,
     "power": PowerNorm,
