@@ -45,10 +45,13 @@ from normrepro.translation.common import (LOG, load_config, load_weights, model_
 
 
 def tokenized_bleu(hyps: list[str], refs: list[str]):
-    """multi-bleu style BLEU on whitespace tokens (lowercased, unsmoothed)."""
+    """multi-bleu style BLEU on whitespace tokens (lowercased, unsmoothed).
+
+    The text is tokenized on purpose (the paper's number); `force=True` tells sacreBLEU so, which
+    stops its "forgot to detokenize?" warning on every test set."""
     from sacrebleu.metrics import BLEU
 
-    metric = BLEU(tokenize="none", lowercase=True, smooth_method="none")
+    metric = BLEU(tokenize="none", lowercase=True, smooth_method="none", force=True)
     return metric.corpus_score(hyps, [refs]), metric.get_signature()
 
 

@@ -5,17 +5,21 @@
 
 Every number is read from a file: the paper's from paper.yaml; ours from
 `<data>/summary.csv`, `<data>/runs.csv`, each run's config.yaml, train.json, final.json, env.json,
-the prepared data's MANIFEST.json, and (when present) `crosscheck.json` and
-`results/bench/powernorm.json`. One section per data folder.
+the prepared data's MANIFEST.json, and (when present) the cross-check's `crosscheck.json` and the
+bench's JSON. One section per data folder.
 
-Verdict rule per claim (d = mean(b) − mean(a) in test tokenized BLEU, [lo, hi] its Welch 95%
-interval, m = `report.margin` of the run config):
-  fewer than 2 finished seeds in an arm          -> inconclusive
-  superiority (LN > BN):   lo > 0 supported; hi < 0 contradicted; else inconclusive
-  non-inferiority (PN ≥ LN): lo > 0 supported (PN better); lo ≥ −m supported (not worse by more
-                           than m); hi < −m or (hi < 0 and lo < −m) contradicted; else inconclusive
-Diverged runs have no BLEU and are excluded from the interval; the verdict names them, and an arm
-whose every run diverged loses the comparison (supported/contradicted accordingly).
+Verdict rule per claim (d = mean over seeds of b[seed] − a[seed] in test tokenized BLEU: the
+arms share seeds, hence data order and the initialisation of shared parameters; [lo, hi] its
+paired-t 95% interval, the Welch interval of the difference of means printed as a secondary
+number; m = the claim's `margin` in paper.yaml, else `report.margin` of the run config):
+  b diverged in some run                         -> never supported: contradicted when a never
+                                                    diverged, else inconclusive
+  fewer than 2 seeds finished in both arms       -> inconclusive
+  superiority (b > a):      lo > 0 supported; hi < 0 contradicted; else inconclusive
+  non-inferiority (b ≥ a − m): hi < 0 contradicted (never supported on the wrong side of 0);
+                           lo ≥ −m supported; else inconclusive
+A claim may carry a `secondary` test (paper.yaml), reported after the primary one. Every verdict
+names the proxy it was measured in (corpus, model size, updates).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from normrepro.summary import SUMMARY_COLUMNS, read_summary, resolve_run_dirs
 from normrepro.translation.common import METRIC_COLUMNS
 from normrepro.translation.plot import figure_paths, paper_results
 
-NORM_TEXT = {"layer": "LayerNorm", "batch": "masked BatchNorm", "power_vanilla": "PowerNorm-vanilla",
+NORM_TEXT = {"layer": "LayerNorm", "batch": "textbook masked BatchNorm",
+             "bn_official": "BatchNorm of the released PowerNorm code (MaskSyncBatchNorm)", "power_vanilla": "PowerNorm-vanilla",
              "power": "PowerNorm", "rms": "RMSNorm", "group": "GroupNorm", "instance": "InstanceNorm"}
 METRICS_DOC = {
     "updates": "optimizer updates so far", "epoch": "epoch in progress (1-based)",
@@ -50,7 +55,7 @@ METRICS_DOC = {
 }
 assert set(METRICS_DOC) == set(METRIC_COLUMNS), "document every metrics.csv column"
 RUNS_COLUMNS = {
-    "arm": "arm (ln, bn, pn_v, pn; extra: bn_dec, pn_dec)", "seed": "training seed",
+    "arm": "arm (ln, bn, pn_v, pn; extra: bn_masked, bn_dec, pn_dec)", "seed": "training seed",
     "status": "`ok`, `diverged` (non-finite loss) or `missing` (no final.json)",
     "test_bleu_tok": "test tokenized BLEU (the paper's metric)",
     "test_bleu_sacre": "test sacreBLEU, detokenized, case-insensitive",
@@ -59,12 +64,16 @@ RUNS_COLUMNS = {
 }
 
 
-def verdict(test: str, d: float, lo: float, hi: float, margin: float, n_a: int, n_b: int,
-            a: str, b: str) -> tuple[str, str]:
-    if n_a < 2 or n_b < 2 or not all(math.isfinite(v) for v in (d, lo, hi)):
-        return "inconclusive", f"inconclusive: an interval needs ≥ 2 finished seeds per arm ({a}: {n_a}, {b}: {n_b})"
-    if lo > 0:
-        return "supported", f"supported: {b} is better (the interval excludes 0)"
+def verdict(test: str, d: float, lo: float, hi: float, margin: float, n_pairs: int,
+            a: str, b: str, div_a: int = 0, div_b: int = 0) -> tuple[str, str]:
+    """(category, sentence) by the rule in this module's docstring."""
+    if div_b:
+        if div_a:
+            return "inconclusive", f"inconclusive: both arms diverged in some runs ({a}: {div_a}, {b}: {div_b})"
+        return "contradicted", f"contradicted: {b} diverged in {div_b} run(s), {a} in none"
+    if n_pairs < 2 or not all(math.isfinite(v) for v in (d, lo, hi)):
+        return "inconclusive", ("inconclusive: a paired interval needs ≥ 2 seeds finished in both arms "
+                                f"(have {n_pairs})")
     if test == "superiority":
         if hi < 0:
             return "contradicted", f"contradicted: {b} is worse (the interval excludes 0)"
@@ -80,6 +89,16 @@ def verdict(test: str, d: float, lo: float, hi: float, margin: float, n_a: int, 
 def _signed(x, digits: int = 2) -> str:
     x = float(x)
     return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
+
+def _proxy_text(cfg: dict, data_name: str, details: list) -> str:
+    """The regime a verdict was measured in: corpus, model size, updates, profile."""
+    m = cfg.get("model", {})
+    updates = sorted({int(d["train.json"].get("updates", 0)) for d in details
+                      if isinstance(d.get("train.json"), dict) and d["train.json"].get("updates")})
+    return (f"{data_name}, {m.get('encoder_layers')}+{m.get('decoder_layers')}-layer Transformer "
+            f"d{m.get('encoder_embed_dim')}, {'/'.join(map(str, updates)) or 'n/a'} updates, "
+            f"profile `{cfg.get('profile', 'n/a')}`")
+
 
 
 def _get(cfg: dict, dotted: str):
@@ -257,27 +276,33 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
             lines += [f"- **{claim['text']}**: not run here (arms {a} and {b} are both needed).", ""]
             continue
         d = tok.loc[name]
-        n_a = int(tok.loc[a, "n"]) if a in tok.index else 0
-        n_b = int(tok.loc[b, "n"]) if b in tok.index else 0
-        cat, sentence = verdict(claim.get("test", "superiority"), float(d["mean"]), float(d["ci_low"]),
-                                float(d["ci_high"]), margin, n_a, n_b, a, b)
-        # An arm whose every run diverged loses the comparison outright (it produced no translator).
-        all_div = {arm: arm in tok.index and int(tok.loc[arm, "n_runs"]) > 0
-                   and int(tok.loc[arm, "n_diverged"]) == int(tok.loc[arm, "n_runs"]) for arm in (a, b)}
-        if all_div[a] and n_b > 0:
-            cat, sentence = "supported", f"supported: every {a} run diverged while {b} trained"
-        elif all_div[b] and n_a > 0:
-            cat, sentence = "contradicted", f"contradicted: every {b} run diverged while {a} trained"
-        div = {arm: int(tok.loc[arm, "n_diverged"]) for arm in (a, b) if arm in tok.index}
+        n_pairs = int(d["n"]) if math.isfinite(float(d["n"])) else 0
+        div = {arm: int(tok.loc[arm, "n_diverged"]) if arm in tok.index else 0 for arm in (a, b)}
+        tests = [(claim.get("test", "superiority"), float(claim.get("margin", margin)), claim["text"])]
+        if claim.get("secondary"):
+            sec = claim["secondary"]
+            tests.append((sec["test"], float(sec.get("margin", margin)), sec["text"]))
         note = "".join(f" {arm.upper()} diverged in {k} of {int(tok.loc[arm, 'n_runs'])} runs (no BLEU; "
-                       "excluded from the interval)." for arm, k in div.items() if k)
-        lines += [f"- **{claim['text']}** — ours: {b} − {a} = **{_signed(d['mean'])} ± {rp.fmt_num(d['ci_half'])}** "
-                  f"BLEU (95% CI [{_signed(d['ci_low'])}, {_signed(d['ci_high'])}], {n_b} vs {n_a} seeds); "
-                  f"paper: {_signed(paper_d, 1)}. **{sentence}**.{note}", ""]
+                       "counted against the arm)." for arm, k in div.items() if k)
+        for i, (test, m, text) in enumerate(tests):
+            cat_i, sentence = verdict(test, float(d["mean"]), float(d["ci_low"]), float(d["ci_high"]),
+                                      m, n_pairs, a, b, div[a], div[b])
+            role = "primary" if i == 0 else "secondary"
+            lines += [f"- **{text}** ({role}, {test.replace('_', '-')}"
+                      + (f", margin {m:g} BLEU" if test == "non_inferiority" else "")
+                      + f") — ours: {b} − {a} = **{_signed(d['mean'])} ± {rp.fmt_num(d['ci_half'])}** "
+                      f"BLEU (paired over {n_pairs} seeds, 95% CI [{_signed(d['ci_low'])}, "
+                      f"{_signed(d['ci_high'])}]; Welch [{_signed(d.get('welch_ci_low', math.nan))}, "
+                      f"{_signed(d.get('welch_ci_high', math.nan))}]); paper: {_signed(paper_d, 1)}. "
+                      f"**{sentence}**.{note if i == 0 else ''}", ""]
+            if i == 0:
+                cat = cat_i
         info["verdicts"][claim["id"]] = cat
-    lines += [f"Rule: see `python -m normrepro.translation.report --help`; margin m = {margin:g} BLEU "
-              "(`report.margin`). Our absolute BLEU is on a different corpus and model size; only the "
-              "sign and size of the differences are compared with the paper.", ""]
+    lines += [f"Measured in: {_proxy_text(cfg, data_name, details)}.", "",
+              "Rule: see `python -m normrepro.translation.report --help` (paired-t intervals over "
+              "shared seeds; a diverged run counts against its arm). Our absolute BLEU is on a "
+              "different corpus and model size; only the sign and size of the differences are "
+              "compared with the paper.", ""]
     sigs = sorted({f.get("bleu_sacre_signature") for f in finals if f.get("bleu_sacre_signature")})
     tsigs = sorted({f.get("bleu_tok_signature") for f in finals if f.get("bleu_tok_signature")})
     lines += ["BLEU signatures: tokenized " + ", ".join(f"`{s}`" for s in tsigs)

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from normrepro.summary import collect_runs, write_summary
 
-ARM_ORDER = ("ln", "bn", "pn_v", "pn", "bn_dec", "pn_dec")
+ARM_ORDER = ("ln", "bn", "bn_masked", "pn_v", "pn", "bn_dec", "pn_dec")
 BASE_METRICS = ("test_bleu_tok", "test_bleu_sacre")
 # (A, B) pairs reported as B - A: the paper's claims (pn - ln, ln - bn), then the other contrasts.
 PAIRS = (("ln", "pn"), ("bn", "ln"), ("ln", "pn_v"), ("pn_v", "pn"), ("bn", "pn"), ("ln", "bn_dec"),
-         ("ln", "pn_dec"), ("bn", "bn_dec"), ("pn", "pn_dec"))
+         ("ln", "pn_dec"), ("bn", "bn_dec"), ("pn", "pn_dec"), ("bn_masked", "ln"),
+         ("bn", "bn_masked"))
 
 
 def metric_keys(run_dirs: list[Path]) -> list[str]:
