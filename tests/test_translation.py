@@ -262,6 +262,26 @@ def test_fairseq_plugin_builds_the_same_model(tiny_data):
 
 # ------------------------------------------------------------------------------------ batching
 
+def test_required_batch_size_multiple_rounds_training_batches_only(tiny_data):
+    """fairseq's default multiple of 8 (the paper profile) rounds training batches (fairseq may
+    leave a sentence out of an epoch then, as the official scripts did; the data module counts
+    it); validation/test batching keeps 1 whatever the config says."""
+    from normrepro.translation.datamodule import TranslationDataModule
+
+    ds = load_pair_dataset(tiny_data, "train", load_dictionary(tiny_data), shuffle=True)
+    batches = make_batches(ds, max_tokens=200, seed=1, required_batch_size_multiple=8)
+    flat = np.concatenate(batches).tolist()
+    assert len(flat) == len(set(flat)) and set(flat) <= set(range(len(ds)))
+    # fairseq rounds a batch down to a multiple of 8 unless it holds fewer than 8 sentences
+    assert all(len(b) % 8 == 0 or len(b) < 8 for b in batches[:-1])
+    sizes_1 = [len(b) for b in make_batches(ds, max_tokens=200, seed=1)]
+    assert any(n % 8 and n > 8 for n in sizes_1)  # the data makes the multiple matter
+    assert [len(b) for b in batches] != sizes_1
+    dm = TranslationDataModule(tiny_data, max_tokens=200, seed=1, required_batch_size_multiple=8)
+    assert [len(b) for b in dm.train_batches()] == [len(b) for b in batches]
+    assert dm.dropped_train == len(ds) - len(flat)
+
+
 def test_sharded_batch_sampler_is_disjoint_and_even(tiny_data):
     ds = load_pair_dataset(tiny_data, "train", load_dictionary(tiny_data), shuffle=True)
     batches = make_batches(ds, max_tokens=40, seed=1)

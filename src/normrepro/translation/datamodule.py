@@ -55,7 +55,7 @@ def load_pair_dataset(data_dir: Path, split: str, dictionary: Dictionary, shuffl
 
 def make_batches(dataset: LanguagePairDataset, max_tokens: Optional[int], max_sentences: Optional[int] = None,
                  seed: int = 1, max_positions: Optional[tuple[int, int]] = None,
-                 drop_too_long: bool = False) -> list[np.ndarray]:
+                 drop_too_long: bool = False, required_batch_size_multiple: int = 1) -> list[np.ndarray]:
     """fairseq's batches of sample indices (see module doc). Sentences longer than
     `max_positions` are dropped when `drop_too_long`, else they are an error. `max_tokens=None`
     batches by `max_sentences` alone (fairseq-generate's `--batch-size`)."""
@@ -74,7 +74,7 @@ def make_batches(dataset: LanguagePairDataset, max_tokens: Optional[int], max_se
                              f"max_tokens={max_tokens}; raise max_tokens")
     return [np.asarray(b) for b in dataset.batch_by_size(indices, max_tokens=max_tokens,
                                                           max_sentences=max_sentences,
-                                                          required_batch_size_multiple=1)]
+                                                          required_batch_size_multiple=int(required_batch_size_multiple))]
 
 
 class ShardedBatchSampler(torch.utils.data.Sampler):
@@ -173,8 +173,12 @@ class TranslationDataModule(L.LightningDataModule):
 
     def __init__(self, data_dir: str | Path, max_tokens: int = 4096, max_sentences: Optional[int] = None,
                  seed: int = 1, train_max_positions: Optional[int] = None,
-                 eval_max_tokens: Optional[int] = None, num_workers: int = 0):
+                 eval_max_tokens: Optional[int] = None, num_workers: int = 0,
+                 required_batch_size_multiple: int = 1):
         super().__init__()
+        # fairseq's --required-batch-size-multiple (default 8, which the official scripts keep)
+        # rounds training batches' sentence counts; validation/test batches always use 1.
+        self.required_batch_size_multiple = int(required_batch_size_multiple)
         self.data_dir = Path(data_dir)
         self.max_tokens, self.max_sentences, self.seed = int(max_tokens), max_sentences, int(seed)
         self.train_max_positions = train_max_positions
@@ -199,7 +203,8 @@ class TranslationDataModule(L.LightningDataModule):
     def train_batches(self) -> list:
         ds = self.dataset("train")
         mp = (self.train_max_positions, self.train_max_positions) if self.train_max_positions else None
-        batches = make_batches(ds, self.max_tokens, self.max_sentences, self.seed, mp, drop_too_long=True)
+        batches = make_batches(ds, self.max_tokens, self.max_sentences, self.seed, mp, drop_too_long=True,
+                               required_batch_size_multiple=self.required_batch_size_multiple)
         self.dropped_train = len(ds) - sum(len(b) for b in batches)
         return batches
 

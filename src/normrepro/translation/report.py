@@ -151,7 +151,7 @@ def _arms_text(configs: dict) -> str:
     return "; ".join(parts)
 
 
-def _deviations(paper: dict, cfg: dict, data_name: str, manifest: dict) -> list[str]:
+def _deviations(paper: dict, cfg: dict, data_name: str, manifest: dict, details: list = ()) -> list[str]:
     out = []
     for key, theirs in (paper.get("setup") or {}).items():
         ours = _get(cfg, key)
@@ -161,6 +161,15 @@ def _deviations(paper: dict, cfg: dict, data_name: str, manifest: dict) -> list[
         out.append(f"data: {data_name} (Bible verses, Elberfelder 1905 → World English Bible), not IWSLT14 TED "
                    "talks; absolute BLEU is not comparable with the paper, the differences between arms are")
     t = cfg["trainer"]
+    precisions = sorted({str(d["train.json"].get("precision")) for d in details
+                         if isinstance(d.get("train.json"), dict) and d["train.json"].get("precision")})
+    if any(p not in ("32-true", "32") for p in precisions):
+        out.append(f"precision {', '.join(precisions)}; the official scripts train in fp32 (no --fp16)")
+    multiple = int((cfg.get("data") or {}).get("required_batch_size_multiple") or 1)
+    if multiple != 8:
+        out.append(f"training batches with required_batch_size_multiple={multiple}; fairseq's default "
+                   "(kept by the official scripts) is 8 (test batches use 1 everywhere, so no sentence "
+                   "is dropped from a test set)")
     if t.get("max_updates"):
         out.append(f"training stops after {t['max_updates']} updates (the paper trains to convergence with "
                    f"early stopping, tens of thousands of updates)")
@@ -249,7 +258,7 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
             row[k] = f"{_signed(rr['mean'])} ± {rp.fmt_num(rr['ci_half'])}"
         diff_rows.append(row)
     if diff_rows:
-        lines += ["Differences of means with Welch 95% intervals (BLEU points):", "", rp.markdown_table(diff_rows), ""]
+        lines += ["Differences between arms, per seed (paired-t 95% intervals; BLEU points; the Welch intervals are in summary.csv):", "", rp.markdown_table(diff_rows), ""]
     lines += ["Per run (`runs.csv`):", "", rp.markdown_table(runs.drop(columns=["run_dir"])), ""]
     # ---- ours vs paper
     theirs = paper_results(paper)
@@ -317,7 +326,7 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         lines += ["### Figures", ""]
         for stem, alt in present:
             lines += [rp.figure_line(stem.with_name(stem.name + ".png"), report_path, alt), ""]
-    lines += ["### Deviations from the paper", ""] + [f"- {x}" for x in _deviations(paper, cfg, data_name, manifest)] + [""]
+    lines += ["### Deviations from the paper", ""] + [f"- {x}" for x in _deviations(paper, cfg, data_name, manifest, details)] + [""]
     return "\n".join(lines), info
 
 
