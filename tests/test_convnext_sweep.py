@@ -295,3 +295,14 @@ def test_gpu_and_paper_transforms_carry_the_recipe(profile):
     assert module.mixup.cutmix_alpha == setup["data.augment.cutmix"] == 1.0
     assert module.mixup.label_smoothing == setup["optim.label_smoothing"] == 0.1
     assert module.mixup.mode == "batch" and module.mixup.switch_prob == 0.5
+
+
+def test_verdict_warns_when_the_sweep_says_training_was_still_climbing(tmp_path):
+    path = tmp_path / "summary.csv"
+    pd.DataFrame([{"arm": "bn", "check_gain": 2.06, "check_epochs": 6},
+                  {"arm": "ln", "check_gain": 0.2, "check_epochs": 6}]).to_csv(path, index=False)
+    text = cxreport._still_climbing(path)
+    assert "still improving" in text and "bn +2.06" in text and "6 epochs" in text
+    pd.DataFrame([{"arm": "bn", "check_gain": 0.3, "check_epochs": 6}]).to_csv(path, index=False)
+    assert cxreport._still_climbing(path) == ""
+    assert cxreport._still_climbing(tmp_path / "missing.csv") == ""

@@ -175,6 +175,23 @@ def _deviations(paper: dict, cfg: dict, train_rec: dict, split_sizes: dict,
     return out
 
 
+def _still_climbing(sweep_summary: Path, tolerance: float = 0.5) -> str:
+    """A sentence when the sweep's longer check run still gained more than `tolerance` held-out
+    points for some arm: the verdict is then a short-schedule comparison, not a trained one."""
+    if not sweep_summary.is_file():
+        return ""
+    df = pd.read_csv(sweep_summary)
+    gains = {r.arm: float(r.check_gain) for r in df.itertuples()
+             if math.isfinite(float(r.check_gain))}
+    if not gains or max(gains.values()) < tolerance:
+        return ""
+    epochs = int(df["check_epochs"].max())
+    return ("both arms were still improving when training stopped (the sweep's run with "
+            f"{epochs} epochs gained " + ", ".join(f"{a} {_signed(g)}" for a, g in gains.items())
+            + " held-out points), so this compares the norms after a short schedule, not after "
+            "training to convergence.")
+
+
 def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float]) -> list[str]:
     """The learning-rate sweep behind the arms' lrs, from `sweep/grid.csv` and `summary.csv`."""
     if not (sweep_dir / "summary.csv").is_file() or not (sweep_dir / "grid.csv").is_file():
@@ -310,9 +327,10 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         category, sentence = verdict(float(d["mean"]), float(d["ci_low"]), float(d["ci_high"]),
                                      margin, n_pairs, n_div["ln"], n_div["bn"])
         info.update(category=category, diff=float(d["mean"]), ci_half=float(d["ci_half"]))
+        climbing = _still_climbing(ds_dir / "sweep" / "summary.csv")
         lines += [
             "### Verdict", "",
-            f"Measured in: {regime}.", "",
+            f"Measured in: {regime}." + (f" **Caveat**: {climbing}" if climbing else ""), "",
             f"**LN − BN = {_signed(float(d['mean']))} ± {rp.fmt_num(d['ci_half'])} points** "
             f"(paired over {n_pairs} seeds, 95% paired-t CI [{_signed(float(d['ci_low']))}, "
             f"{_signed(float(d['ci_high']))}]; the Welch interval of the difference of means, "
