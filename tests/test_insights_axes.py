@@ -17,6 +17,7 @@ EXPECTED = {
     "group": ("one", "4 of 8", "one"),
     "instance": ("one", "one", "all"),
     "batch": ("all", "one", "all"),
+    "bn_official": ("all", "all", "all"),  # the token's RMS over C, then statistics over B × T
     "sync_batch": ("all", "one", "all"),
     "power_vanilla": ("all", "one", "all"),
     "power": ("all", "4 of 8", "all"),  # GroupScaling (token's group) then ψ² over B × T
