@@ -75,14 +75,15 @@ def verdict(test: str, d: float, lo: float, hi: float, margin: float, n_pairs: i
         return "inconclusive", ("inconclusive: a paired interval needs ≥ 2 seeds finished in both arms "
                                 f"(have {n_pairs})")
     if test == "superiority":
+        if lo > 0:
+            return "supported", f"supported: {b} is better (the interval lies above 0)"
         if hi < 0:
-            return "contradicted", f"contradicted: {b} is worse (the interval excludes 0)"
+            return "contradicted", f"contradicted: {b} is worse (the interval lies below 0)"
         return "inconclusive", "inconclusive: the interval contains 0"
+    if hi < 0:
+        return "contradicted", f"contradicted: {b} is worse than {a} (the interval lies below 0)"
     if lo >= -margin:
         return "supported", f"supported: {b} is not worse than {a} by more than {margin:g} BLEU"
-    if hi < -margin or hi < 0:
-        return "contradicted", f"contradicted: {b} is worse than {a}" + (
-            f" by more than {margin:g} BLEU" if hi < -margin else " (the interval excludes 0)")
     return "inconclusive", f"inconclusive: the interval contains 0 and losses beyond {margin:g} BLEU"
 
 
