@@ -180,9 +180,9 @@ def test_warmup_then_cosine():
 
 def test_lr_scales_with_effective_batch():
     cfg = resolve(REPL, "cpu", "ln", 0)
+    cfg["optim"]["lr"] = None  # the rule (Goyal et al. 2017); the cpu profile sets lr per arm
     assert scaled_lr(cfg, 1) == pytest.approx(4e-3 * 128 / 4096)
     cfg["trainer"]["accumulate_grad_batches"] = 4
-    cfg["optim"]["lr"] = None  # the rule (Goyal et al. 2017); the cpu profile sets lr per arm
     assert effective_batch(cfg, 2) == 128 * 2 * 4
 
 
