@@ -11,8 +11,21 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 SETUP   := $(VENV)/.setup-stamp
 PROFILE ?= auto
+# Config overrides of every run of a pipeline command, e.g. SET="trainer.max_epochs=2 optim.lr=1e-3".
+SET ?=
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k norms"`.
 PYTEST_ARGS ?=
+
+# Every public pipeline target first runs `normrepro.plan`: it checks the whole command (PROFILE,
+# DATASET, ARMS, SEEDS, SET, every run config) before anything under results/ is touched, locks
+# the results folder, writes the run configs and a plan (the make variables of the command), then
+# runs the private goal in a sub-make with PLAN_FILE=<plan>. DATASET/ARMS/SEEDS are passed only
+# when given on the command line (empty means "given empty", an error).
+PLAN = $(PY) -m normrepro.plan
+given = $(filter command line environment override,$(origin $(1)))
+plan_args = --profile '$(PROFILE)' --set '$(SET)' --what 'make $@$(foreach v,PROFILE DATASET ARMS SEEDS SET,$(if $(call given,$(v)), $(v)="$($(v))"))' \
+	$(if $(call given,DATASET),--dataset '$(DATASET)') $(if $(call given,ARMS),--arms '$(ARMS)') \
+	$(if $(call given,SEEDS),--seeds '$(SEEDS)')
 
 # fairseq wheels (ve-fairseq) exist only for CPython 3.11 and 3.12.
 PYTHON_FOR_VENV ?= $(shell for p in python3.11 python3.12 python3; do \
@@ -23,7 +36,8 @@ PYTHON_FOR_VENV ?= $(shell for p in python3.11 python3.12 python3; do \
 help: ## list the public targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-24s\033[0m %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=smoke|cpu|gpu|paper|auto (default auto), DATASET=..., SEEDS=..."
+	@echo "  variables: PROFILE=smoke|cpu|gpu|paper|auto (default auto), DATASET=..., ARMS=..., SEEDS=...,"
+	@echo "             SET=\"key=value ...\" (config overrides); results go to results/<replication>/<profile>/"
 
 setup: $(SETUP) ## create .venv (Python 3.11/3.12) and install normrepro[dev] in editable mode
 
@@ -53,5 +67,9 @@ data/raw/%/MANIFEST.json: | $(SETUP)
 	$(PY) -m normrepro.fetch $* --out $(@D)
 .PRECIOUS: data/raw/%/MANIFEST.json
 
-# Each replication's pipeline lives next to its configs.
+# The variables of the command being run (written by normrepro.plan), then each replication's
+# pipeline, which lives next to its configs.
+ifdef PLAN_FILE
+include $(PLAN_FILE)
+endif
 -include replications/*/pipeline.mk

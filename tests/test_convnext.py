@@ -27,6 +27,8 @@ from normrepro.convnext.datamodule import ConvNeXtDataModule
 from normrepro.convnext.run_config import check_config
 from normrepro.convnext.train import trainer_kwargs
 
+from data_fixtures import write_fashion_manifest
+
 REPL = Path(__file__).resolve().parents[1] / "replications" / "convnext"
 PROFILES = sorted(p.stem for p in (REPL / "profiles").glob("*.yaml"))
 ARMS = sorted(p.stem for p in (REPL / "arms").glob("*.yaml"))
@@ -202,7 +204,7 @@ def make_fashion_raw(root: Path, n_train: int = 40, n_test: int = 12) -> Path:
         img_name, lbl_name = cxdata.FASHION_FILES[split]
         _write_idx(raw / img_name, rng.integers(1, 256, (n, 28, 28)))
         _write_idx(raw / lbl_name, np.arange(n) % 10)
-    (raw / "MANIFEST.json").write_text(json.dumps({"dataset": "fashion-mnist"}))
+    write_fashion_manifest(raw)  # sizes and sha256, as a verified fetch writes it
     return raw
 
 
@@ -237,7 +239,7 @@ def test_prepare_fashion_mnist_pads_to_32(tmp_path):
 
 def test_prepare_without_manifest_says_what_to_run(tmp_path):
     (tmp_path / "fashion-mnist").mkdir()
-    with pytest.raises(cxdata.DataLayoutError, match="normrepro.fetch fashion-mnist"):
+    with pytest.raises(cxdata.DataError, match="normrepro.fetch fashion-mnist"):
         cxdata.prepare("fashion-mnist", tmp_path / "fashion-mnist", tmp_path / "out")
     with pytest.raises(cxdata.DataLayoutError, match="prepare"):
         cxdata.load_prepared(tmp_path / "nothing")

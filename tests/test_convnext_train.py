@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from normrepro import datacheck
 from normrepro.config import dump, resolve
 from normrepro.convnext import data as cxdata
 from normrepro.convnext import evaluate as cxeval
@@ -53,7 +54,8 @@ def _write_tiny_processed(root: Path) -> Path:
     (processed / "prepared.json").write_text(json.dumps({
         "dataset": "fashion-mnist", "num_classes": 10, "in_chans": 1, "image_size": 32,
         "backend": "tensor", "tensor_file": tensor_file.name, "n_train": 64, "n_test": 32,
-        "mean": [0.1], "std": [0.3]}))
+        "mean": [0.1], "std": [0.3],
+        "files": datacheck.file_entries(processed, [tensor_file.name])}))
     return root
 
 

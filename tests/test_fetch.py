@@ -427,7 +427,7 @@ def test_cli_imagenet_ok_and_error(tmp_path, capsys):
     assert F.main(["imagenet", "--out", str(out), "--imagenet-dir", str(root)]) == 0
     assert (out / "MANIFEST.json").is_file()
     capsys.readouterr()
-    assert F.main(["imagenet", "--out", str(out), "--imagenet-dir", str(tmp_path / "nope")]) == 1
+    assert F.main(["imagenet", "--out", str(out), "--imagenet-dir", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "expected layout" in err and "Traceback" not in err
 
@@ -439,6 +439,6 @@ def test_cli_module_entry_point(http_server, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "normrepro.fetch", "iwslt14", "--out", str(out),
                            "--url", url], capture_output=True, text=True, timeout=120)
     # The default pinned MD5 belongs to the real archive, so the tiny one must be refused.
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert "checksum mismatch" in proc.stderr and F.IWSLT14_MD5 in proc.stderr
     assert not (out / "MANIFEST.json").exists()

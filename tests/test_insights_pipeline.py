@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from normrepro import norms
+from normrepro import datacheck, norms
 from normrepro.config import dump, load_profile
 from normrepro.insights import ddp as ins_ddp
 from normrepro.insights import padding as ins_pad
@@ -212,7 +212,8 @@ def _tiny_text_data(root: Path) -> Path:
         en = [" ".join(w[1] for w in p) for p in pairs]
         prepare._write_split(out, split, de, en, de, en)
     prepare._bpe_and_binarize(out, prepare.SPLITS, 30, None, workers=1)
-    (out / "MANIFEST.json").write_text(json.dumps({"dataset": "tiny"}))
+    (out / "MANIFEST.json").write_text(json.dumps({
+        "dataset": "tiny", "files": datacheck.file_entries(out, datacheck.list_files(out))}))
     return out
 
 
@@ -308,7 +309,8 @@ def _tiny_images(root: Path) -> Path:
     (folder / "prepared.json").write_text(json.dumps({
         "dataset": "fashion-mnist", "num_classes": 10, "in_chans": 1, "image_size": 32,
         "backend": "tensor", "tensor_file": "fashion-mnist.pt", "n_train": 48, "n_test": 16,
-        "mean": [0.5], "std": [0.3]}))
+        "mean": [0.5], "std": [0.3],
+        "files": datacheck.file_entries(folder, ["fashion-mnist.pt"])}))
     return root
 
 
@@ -448,11 +450,13 @@ def test_report_names_a_missing_stage(tmp_path):
 
 
 def test_index_links_only_existing_reports(tmp_path):
-    (tmp_path / "insights").mkdir()
-    (tmp_path / "insights" / "report.md").write_text("# x\n")
+    for profile in ("cpu", "smoke"):  # every profile has its own folder and report
+        (tmp_path / "insights" / profile).mkdir(parents=True)
+        (tmp_path / "insights" / profile / "report.md").write_text("# x\n")
     out = tmp_path / "README.md"
     assert ins_report.main(["index", "--results", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "(insights/report.md)" in text
-    assert "(convnext/report.md)" not in text and "not generated yet" in text
+    assert "(insights/cpu/report.md)" in text and "(insights/smoke/report.md)" in text
+    assert "`make replicate-insights PROFILE=smoke`" in text
+    assert "convnext/" not in text and "not generated yet" in text
     assert "`make replicate-powernorm`" in text

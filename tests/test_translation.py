@@ -480,6 +480,9 @@ def test_prepare_iwslt14_end_to_end(tmp_path):
         for k, name in enumerate(prepare.IWSLT_TEST_SETS):
             segs = "".join(f'<seg id="{i}"> {lines[k * 2 + i]} </seg>\n' for i in range(2))
             (folder / f"{name}.de-en.{lang}.xml").write_text(f"<doc>\n{segs}</doc>\n", encoding="utf-8")
+    from normrepro.fetch import write_manifest
+
+    write_manifest(tmp_path / "raw", "iwslt14", sorted(folder.iterdir()), source="tests", license="none")
     out = tmp_path / "iwslt14"
     manifest = prepare.run("iwslt14", tmp_path / "raw", out, {"bpe_size": 40})
     kept = 59  # 60 lines (the first in a <title>), one dropped by the length ratio
@@ -490,6 +493,19 @@ def test_prepare_iwslt14_end_to_end(tmp_path):
     assert "ein wort" not in (out / "raw" / "train.de").read_text()
     d = load_dictionary(out)
     assert len(load_pair_dataset(out, "test", d, shuffle=False)) == 10
+    # The processed files are listed with their hashes, and training's check of them passes ...
+    from normrepro.translation.common import verified_data
+
+    listed = {f["path"] for f in manifest["files"]}
+    assert {"bpe.codes", "bin/dict.de.txt", "tok/test.en", "raw/test.en"} <= listed
+    assert verified_data(out)[1] == verified_data(out)[1]
+    # ... until a file changes after prepare; and a changed raw file stops prepare, naming it.
+    (out / "tok" / "test.en").write_text("changed\n", encoding="utf-8")
+    with pytest.raises(prepare.DataError, match=r"tok/test\.en .*rm -r"):
+        verified_data(out)
+    (folder / "train.tags.de-en.en").write_text("other text\n", encoding="utf-8")
+    with pytest.raises(prepare.DataError, match=r"train\.tags\.de-en\.en .*MANIFEST\.json.*fetch it again"):
+        prepare.run("iwslt14", tmp_path / "raw", tmp_path / "other", {"bpe_size": 40})
 
 
 def test_prepared_tiny_data_layout(tiny_data):

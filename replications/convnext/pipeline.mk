@@ -1,73 +1,66 @@
 # ConvNeXt BN -> LN replication pipeline (included by the top-level Makefile). Every stage is a file:
 #
-#   data/raw/<dataset>/MANIFEST.json                        fetch      (normrepro.fetch)
-#   data/processed/<dataset>/prepared.json                  prepare    (normrepro.convnext.prepare)
-#   results/convnext/<dataset>/<arm>/seed<k>/config.yaml    resolve    (rewritten only if changed)
-#     .../env.json                                          train      (written last; a killed run
-#                                                                       has none and resumes from
-#                                                                       checkpoints/last.ckpt)
-#     .../final.json                                        evaluate   (test top-1/top-5, status)
-#   results/convnext/<dataset>/run-list.txt                 the arm x seed folders of this command
-#                                                           (rewritten only if changed)
-#   results/convnext/<dataset>/summary.csv (+ runs.csv)     summarize
-#   results/convnext/figures/<dataset>-*.{png,pdf}          plot
-#   results/convnext/report.md                              report
-#   results/bench/convnext.json                             bench      (bench-convnext; always reruns)
+#   data/raw/<dataset>/MANIFEST.json                   fetch      (normrepro.fetch)
+#   data/processed/<dataset>/prepared.json             prepare    (normrepro.convnext.prepare; redone
+#                                                                 when a raw file changes; checks
+#                                                                 the raw files' hashes)
+#   results/convnext/<profile>/                        everything one profile writes, nothing else:
+#     <dataset>/<arm>/seed<k>/config.yaml              plan       (normrepro.plan; rewritten only if
+#                                                                 changed, a changed run moved aside
+#                                                                 to seed<k>.replaced-<time>/)
+#       .../env.json                                   train      (written last; a killed run has
+#                                                                 none and resumes from
+#                                                                 checkpoints/last.ckpt)
+#       .../final.json                                 evaluate   (test top-1/top-5, status)
+#     <dataset>/run-list.txt                           plan       (the arm x seed folders of this
+#                                                                 command, rewritten only if changed)
+#     <dataset>/summary.csv (+ runs.csv)               summarize
+#     figures/<dataset>-*.{png,pdf}                    plot
+#     report.md                                        report
+#   results/bench/convnext-<profile>.json              bench      (bench-convnext; always reruns)
 #
-# The public targets resolve PROFILE=auto once and call the private _cx-* targets in a sub-make,
-# where the run lists come from the profile (`python -m normrepro.config get`); DATASET=, ARMS=
-# and SEEDS= on the command line override the profile; SET="key=value ..." overrides config keys
-# of every run (e.g. SET="trainer.num_nodes=1 trainer.accumulate_grad_batches=4"). BENCH_ARGS
-# passes options to the bench, e.g. BENCH_ARGS="--steps 50 --repeats 5".
+# The public targets run `normrepro.plan` first (see the top-level Makefile): it checks PROFILE,
+# DATASET=, ARMS=, SEEDS= and SET="key=value ..." (overrides of every run's config, e.g.
+# SET="trainer.num_nodes=1 trainer.accumulate_grad_batches=4") and every run config, stops at the
+# first problem with one line, then locks results/convnext/<profile>/, writes the run configs and
+# calls the private _cx-* goal with the command's variables (CX_*). BENCH_ARGS passes options to
+# the bench, e.g. BENCH_ARGS="--steps 50 --repeats 5".
 
 CX_REPL := replications/convnext
 BENCH_ARGS ?=
-SET ?=
 
 .PHONY: replicate-convnext bench-convnext _cx-replicate _cx-bench _cx-force
 
-cx_profile = $$($(PY) -c "from normrepro.config import resolve_profile_name as r; print(r('$(PROFILE)'))")
+# Was a variable given on the command line (e.g. the sweep's ARMS=)?
+cx_cli = $(call given,$(1))
 
 replicate-convnext: $(SETUP) ## ConvNeXt BatchNorm vs LayerNorm, fetch to report (PROFILE DATASET ARMS SEEDS SET)
-	@$(MAKE) --no-print-directory _cx-replicate PROFILE=$(cx_profile)
+	@$(PLAN) convnext --goal replicate $(plan_args) -- $(MAKE) --no-print-directory _cx-replicate
 
-bench-convnext: $(SETUP) ## training images/s, Lightning vs bare PyTorch loop, per arm -> results/bench/convnext.json
-	@$(MAKE) --no-print-directory _cx-bench PROFILE=$(cx_profile)
+bench-convnext: $(SETUP) ## training images/s, Lightning vs bare PyTorch loop, per arm -> results/bench/convnext-<profile>.json
+	@$(PLAN) convnext --goal bench $(plan_args) -- $(MAKE) --no-print-directory _cx-bench
 
 _cx-force:
 
-ifneq ($(filter _cx-%,$(MAKECMDGOALS)),)
-cx_get = $(shell $(PY) -m normrepro.config get $(CX_REPL) --profile $(PROFILE) $(1))
-cx_cli = $(filter command line environment,$(origin $(1)))
-CX_DATASET := $(if $(call cx_cli,DATASET),$(DATASET),$(call cx_get,data.dataset))
-CX_ARMS := $(if $(call cx_cli,ARMS),$(ARMS),$(call cx_get,arms))
-CX_SEEDS := $(if $(call cx_cli,SEEDS),$(SEEDS),$(call cx_get,seeds))
-CX_SET := $(if $(call cx_cli,DATASET),--set data.dataset=$(CX_DATASET)) $(addprefix --set ,$(SET))
-CX_RAW := data/raw/$(CX_DATASET)/MANIFEST.json
-CX_PREP := data/processed/$(CX_DATASET)/prepared.json
-CX_RES := results/convnext/$(CX_DATASET)
-CX_RUNS := $(foreach a,$(CX_ARMS),$(foreach s,$(CX_SEEDS),$(CX_RES)/$(a)/seed$(s)))
-CX_FINALS := $(addsuffix /final.json,$(CX_RUNS))
-CX_FIG_STEMS := $(addprefix results/convnext/figures/$(CX_DATASET)-,learning-curves final-top1 ours-vs-paper)
-CX_FIGS := $(foreach s,$(CX_FIG_STEMS),$(s).png $(s).pdf)
-cx_arm = $(word 1,$(subst /, ,$(1)))
-cx_seed = $(patsubst seed%,%,$(word 2,$(subst /, ,$(1))))
-
-# Intermediate files of the pattern chains: keep them (make would delete them after the build).
-.SECONDARY: $(foreach r,$(CX_RUNS),$(r)/config.yaml $(r)/env.json)
-
-_cx-replicate: results/convnext/report.md
-	@echo "[convnext] report: results/convnext/report.md (data: $(CX_DATASET), arms: $(CX_ARMS), seeds: $(CX_SEEDS))"
+# Data (whenever a plan names it: this pipeline's, or the insights pipeline's).
+ifneq ($(CX_PREP),)
+$(CX_PREP): $(CX_RAW) $(CX_RAW_FILES)
+	$(PY) -m normrepro.convnext.prepare --dataset $(CX_DATASET) --raw $(patsubst %/,%,$(dir $(CX_RAW))) \
+		--out $(patsubst %/,%,$(dir $(CX_PREP)))
+endif
 
 # $(CX_RAW): the fetch rule of the top-level Makefile.
 
-$(CX_PREP): $(CX_RAW)
-	$(PY) -m normrepro.convnext.prepare --dataset $(CX_DATASET) --raw data/raw/$(CX_DATASET) \
-		--out data/processed/$(CX_DATASET)
+ifneq ($(filter _cx-%,$(MAKECMDGOALS)),)
+ifeq ($(CX_ROOT),)
+$(error the private _cx-* goals run from the public targets (make replicate-convnext, ...), which check the command first)
+endif
+CX_FINALS := $(addsuffix /final.json,$(CX_RUNS))
+CX_FIG_STEMS := $(addprefix $(CX_ROOT)/figures/$(CX_DATASET)-,learning-curves final-top1 ours-vs-paper)
+CX_FIGS := $(foreach s,$(CX_FIG_STEMS),$(s).png $(s).pdf)
 
-$(CX_RES)/%/config.yaml: _cx-force | $(SETUP)
-	@$(PY) -m normrepro.config resolve $(CX_REPL) --profile $(PROFILE) --arm $(call cx_arm,$*) \
-		--seed $(call cx_seed,$*) $(CX_SET) --out $@
+_cx-replicate: $(CX_ROOT)/report.md
+	@echo "[convnext] report: $(CX_ROOT)/report.md (data: $(CX_DATASET), arms: $(CX_ARMS), seeds: $(CX_SEEDS))"
 
 $(CX_RES)/%/env.json: $(CX_RES)/%/config.yaml $(CX_PREP)
 	$(PY) -m normrepro.convnext.train --config $< --out $(@D)
@@ -75,25 +68,22 @@ $(CX_RES)/%/env.json: $(CX_RES)/%/config.yaml $(CX_PREP)
 $(CX_RES)/%/final.json: $(CX_RES)/%/env.json
 	$(PY) -m normrepro.convnext.evaluate --run $(@D)
 
-# Which runs belong to this command: changes when SEEDS/ARMS change, so the summary follows.
-$(CX_RES)/run-list.txt: _cx-force
-	@mkdir -p $(@D) && printf '%s\n' $(CX_RUNS) > $@.tmp && \
-		{ cmp -s $@.tmp $@ && rm -f $@.tmp || mv -f $@.tmp $@; }
-
-$(CX_RES)/summary.csv: $(CX_RES)/run-list.txt $(CX_FINALS)
+# env.json listed too, so it is no intermediate file: make keeps it, and a deleted env.json
+# means "train this run again" (an intermediate one would not be remade while final.json exists).
+$(CX_RES)/summary.csv: $(CX_RES)/run-list.txt $(addsuffix /env.json,$(CX_RUNS)) $(CX_FINALS)
 	$(PY) -m normrepro.convnext.summarize --out $@ --runs $(CX_RUNS)
 
 $(CX_FIGS) &: $(CX_RES)/summary.csv $(CX_REPL)/paper.yaml
 	$(PY) -m normrepro.convnext.plot --summary $< --paper $(CX_REPL)/paper.yaml \
-		--out-dir results/convnext/figures
+		--out-dir $(CX_ROOT)/figures
 
-results/convnext/report.md: $(CX_RES)/summary.csv $(CX_FIGS) $(CX_REPL)/paper.yaml
-	$(PY) -m normrepro.convnext.report --results results/convnext --datasets $(CX_DATASET) \
+$(CX_ROOT)/report.md: $(CX_RES)/summary.csv $(CX_FIGS) $(CX_REPL)/paper.yaml
+	$(PY) -m normrepro.convnext.report --results $(CX_ROOT) --datasets $(CX_DATASET) \
 		--paper $(CX_REPL)/paper.yaml --out $@
 
 _cx-bench: | $(SETUP)
 	$(PY) -m normrepro.convnext.bench --repl $(CX_REPL) --profile $(PROFILE) --arms $(CX_ARMS) \
-		--out results/bench/convnext.json $(BENCH_ARGS)
+		$(CX_SET) --out results/bench/convnext-$(PROFILE).json $(BENCH_ARGS)
 endif
 
 # ---- learning-rate sweep (make sweep-convnext) ----------------------------------------------
@@ -109,7 +99,7 @@ endif
 .PHONY: sweep-convnext _cx-sweep
 
 sweep-convnext: $(SETUP) ## per-arm lr grid on held-out data + a 1.5x-epochs check -> results/convnext/<profile>/<dataset>/sweep/
-	@$(MAKE) --no-print-directory _cx-sweep PROFILE=$(cx_profile)
+	@$(PLAN) convnext --goal sweep $(plan_args) -- $(MAKE) --no-print-directory _cx-sweep
 
 ifneq ($(filter _cx-sweep,$(MAKECMDGOALS)),)
 sw_get = $(shell $(PY) -m normrepro.convnext.sweep settings $(CX_REPL) --profile $(PROFILE) $(1) $(addprefix --set ,$(SET)))

@@ -2,72 +2,59 @@
 #
 #   data/processed/fashion-mnist/prepared.json         the ConvNeXt pipeline's prepare rule
 #   data/processed/<bible data>/MANIFEST.json          the PowerNorm pipeline's prepare rule
-#   results/insights/runs/<run>/config.yaml            resolve  (normrepro.insights.runs; rewritten
-#                                                                only when it changes)
-#     .../record.json                                  train    (written last; an interrupted run
+#   results/insights/<profile>/                        everything one profile writes, nothing else:
+#     runs/<run>/config.yaml                           plan     (normrepro.plan; rewritten only when
+#                                                                it changes, a changed run moved
+#                                                                aside first)
+#       .../record.json                                train    (written last; an interrupted run
 #                                                                resumes from its checkpoint)
-#     .../final.json                                   evaluate (DDP runs: normrepro.convnext.evaluate)
-#   results/insights/<stage>/args.txt                  the stage's arguments from the profile
-#                                                      (rewritten only when they change)
-#   results/insights/fluctuation/fluctuation_summary.csv  1. batch vs running statistics
-#   results/insights/padding/padding_bins.csv          2. masked vs unmasked BN
-#   results/insights/causal/causal.csv                 3. causal leakage
-#   results/insights/axes/axes.csv                     4. normalisation axes
-#   results/insights/sync_cost/sync_cost.csv           5. cost of synchronised BN ...
-#   results/insights/ddp/ddp.csv                          ... and per-worker vs sync BN under DDP
-#   results/insights/report.md, results/README.md      report and the index of all reports
+#       .../final.json                                 evaluate (DDP runs: normrepro.convnext.evaluate)
+#     <stage>/args.txt                                 plan     (the stage's arguments from the
+#                                                                profile, rewritten only on change)
+#     fluctuation/fluctuation_summary.csv              1. batch vs running statistics
+#     padding/padding_bins.csv                         2. masked vs unmasked BN
+#     causal/causal.csv                                3. causal leakage
+#     axes/axes.csv                                    4. normalisation axes
+#     sync_cost/sync_cost.csv                          5. cost of synchronised BN ...
+#     ddp/ddp.csv                                         ... and per-worker vs sync BN under DDP
+#     report.md                                        report
+#   results/README.md                                  the index of every profile's reports
 #
 # Runs: image-bn, text-bn, text-pn_v (fluctuation), text-bn_unmasked (padding, against text-bn),
 # ddp-bn, ddp-bn_sync (DDP on 2 CPU processes); their configs come from the replications' own
 # configs, see replications/insights/base.yaml. Each stage writes its CSV and figure atomically.
-# The public target resolves PROFILE=auto once and calls the private _ins-* targets in a sub-make.
+# The public target runs `normrepro.plan` first (see the top-level Makefile): it checks PROFILE,
+# SET (overrides of the insights profile) and every run config, stops at the first problem with
+# one line, then locks results/insights/<profile>/, writes the run configs and stage arguments and
+# calls the private _ins-* goal with the command's variables (INS_*, and the data of the runs as
+# CX_*/PN_* variables, which switch on the two replications' data rules).
 
 INS_REPL := replications/insights
-INS_RES := results/insights
-INS_RUNS := $(INS_RES)/runs
 
 .PHONY: replicate-insights _ins-replicate _ins-force
 
-ins_profile = $$($(PY) -c "from normrepro.config import resolve_profile_name as r; print(r('$(PROFILE)'))")
-
-replicate-insights: $(SETUP) ## why transformers use LayerNorm: five experiments -> results/insights/report.md (PROFILE)
-	@$(MAKE) --no-print-directory _ins-replicate PROFILE=$(ins_profile)
+replicate-insights: $(SETUP) ## why transformers use LayerNorm: five experiments -> results/insights/<profile>/report.md (PROFILE SET)
+	@$(PLAN) insights --goal replicate $(plan_args) -- $(MAKE) --no-print-directory _ins-replicate
 
 _ins-force:
 
 ifneq ($(filter _ins-%,$(MAKECMDGOALS)),)
-ins_run = $(shell $(PY) -m normrepro.insights.runs data --profile $(PROFILE) --run $(1) $(2))
-INS_CX_PROFILE := $(shell $(PY) -m normrepro.config get $(INS_REPL) --profile $(PROFILE) upstream.convnext)
-INS_PN_PROFILE := $(shell $(PY) -m normrepro.config get $(INS_REPL) --profile $(PROFILE) upstream.powernorm)
-INS_IMG_NAME := $(call ins_run,image-bn,--name)
-INS_IMG_DATA := $(call ins_run,image-bn)
-INS_TXT_NAME := $(call ins_run,text-bn,--name)
-INS_TXT_DATA := $(call ins_run,text-bn)
+ifeq ($(INS_RES),)
+$(error the private _ins-* goals run from the public target (make replicate-insights), which checks the command first)
+endif
 INS_IMG_RUNS := image-bn ddp-bn ddp-bn_sync
 INS_TXT_RUNS := text-bn text-bn_unmasked text-pn_v
 INS_STAGES := causal axes sync_cost padding
 rec = $(INS_RUNS)/$(1)/record.json
 
 # Files of the pattern chains that make must not delete as intermediates.
-.SECONDARY: $(foreach r,$(INS_IMG_RUNS) $(INS_TXT_RUNS),$(INS_RUNS)/$(r)/config.yaml $(INS_RUNS)/$(r)/record.json) \
-	$(foreach s,$(INS_STAGES),$(INS_RES)/$(s)/args.txt)
+.SECONDARY: $(foreach r,$(INS_IMG_RUNS) $(INS_TXT_RUNS),$(INS_RUNS)/$(r)/record.json)
 
 _ins-replicate: $(INS_RES)/report.md results/README.md
 	@echo "[insights] report: $(INS_RES)/report.md (profile $(PROFILE))"
 
-# Data: made by the replications' own rules, which their pipeline.mk defines in a sub-make that
-# has one of their private goals (_cx-force, _pn-force: empty targets) among its goals.
-$(INS_IMG_DATA)/prepared.json: _ins-force | $(SETUP)
-	@$(MAKE) --no-print-directory _cx-force $@ PROFILE=$(INS_CX_PROFILE) DATASET=$(INS_IMG_NAME)
-
-$(INS_TXT_DATA)/MANIFEST.json: _ins-force | $(SETUP)
-	@$(MAKE) --no-print-directory _pn-force $@ PROFILE=$(INS_PN_PROFILE) DATASET=$(INS_TXT_NAME)
-
-$(INS_RUNS)/%/config.yaml: _ins-force | $(SETUP)
-	@$(PY) -m normrepro.insights.runs resolve --profile $(PROFILE) --run $* --out $@
-
-$(INS_RES)/%/args.txt: _ins-force | $(SETUP)
-	@$(PY) -m normrepro.insights.runs args --profile $(PROFILE) --stage $* --out $@
+# Data: made by the replications' own rules (data/processed/...: prepared.json, MANIFEST.json),
+# which the plan's CX_*/PN_* variables switch on.
 
 $(foreach r,$(INS_IMG_RUNS),$(call rec,$(r))): $(INS_RUNS)/%/record.json: $(INS_RUNS)/%/config.yaml $(INS_IMG_DATA)/prepared.json
 	$(PY) -m normrepro.insights.runs train --config $< --out $(@D)
@@ -109,6 +96,6 @@ $(INS_RES)/report.md: $(INS_RES)/fluctuation/fluctuation_summary.csv $(INS_RES)/
 		$(INS_RES)/causal/causal.csv $(INS_RES)/axes/axes.csv $(INS_RES)/ddp/ddp.csv
 	$(PY) -m normrepro.insights.report report --results $(INS_RES) --profile $(PROFILE) --out $@
 
-results/README.md: $(INS_RES)/report.md $(wildcard results/convnext/report.md results/powernorm/report.md)
+results/README.md: $(INS_RES)/report.md $(wildcard results/*/*/report.md)
 	$(PY) -m normrepro.insights.report index --results results --out $@
 endif

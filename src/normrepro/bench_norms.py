@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from normrepro.errors import cli
 from normrepro.io import atomic_write_json
 from normrepro.norms import SEQUENCE_NORMS, create_norm
 from normrepro.provenance import env_info
@@ -86,6 +87,7 @@ def bench(T=32, B=128, C=512, pad_frac=0.25, rounds=7, iters=20, device=None) ->
     }
 
 
+@cli
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)

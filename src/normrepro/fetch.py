@@ -755,8 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = fetch(args.dataset, args.out, **_cli_kwargs(args))
     except DataError as exc:
+        # Exit status 2, as every command's known failures (normrepro.errors); the message
+        # keeps its lines here, because some show the expected folder layout.
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(manifest)
     return 0
 

@@ -34,6 +34,7 @@ from normrepro.config import ConfigError, resolve
 from normrepro.convnext.data import EpochShuffleSampler, TensorImages, _batch_as_is, dataset_spec
 from normrepro.convnext.module import ConvNeXtClassifier, build_optimizer
 from normrepro.convnext.run_config import resolve_precision, uses_gpu
+from normrepro.errors import cli
 from normrepro.io import atomic_write_json
 from normrepro.provenance import env_info
 
@@ -177,6 +178,7 @@ def bench(repl: str | Path, profile: str, arms: list[str], warmup: int, steps: i
     }
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.convnext.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -31,6 +31,7 @@ RNG the LightningModule reseeds at every step.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
 import struct
@@ -42,7 +43,9 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from normrepro.io import atomic_path, atomic_write_json
+from normrepro import datacheck
+from normrepro.errors import DataError
+from normrepro.io import atomic_write_bytes, write_if_changed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,7 +81,7 @@ FASHION_FILES = {
 PREPARED = "prepared.json"
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(DataError):
     """Data or data settings are missing or malformed; the message says what to run or fix."""
 
 
@@ -141,13 +144,9 @@ def _load_fashion_split(raw: Path, split: str) -> tuple[torch.Tensor, torch.Tens
 # --------------------------------------------------------------------------------------------
 # prepare: raw/<dataset> → processed/<dataset>/prepared.json (+ tensors for fashion-mnist)
 
-def _raw_manifest(raw: Path) -> dict:
-    path = raw / "MANIFEST.json"
-    if not path.is_file():
-        raise DataLayoutError(f"{path} not found: fetch the data first "
-                              f"(python -m normrepro.fetch {raw.name} --out {raw})")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+def _raw_manifest(raw: Path, dataset: str) -> dict:
+    """The raw download's MANIFEST.json, after checking every file it lists (size, sha256)."""
+    return datacheck.verify_raw(raw, dataset)
 
 
 def _image_root(dataset: str, raw: Path, manifest: dict) -> Path:
@@ -181,13 +180,21 @@ def _open_image_split(dataset: str, root: Path, train: bool):
 
 
 def prepare(dataset: str, raw: str | Path, out: str | Path) -> dict:
-    """Check the raw data and write what training reads; returns the prepared.json content."""
+    """Check the raw data and write what training reads; returns the prepared.json content.
+
+    prepared.json lists the files written here with their hashes (`files`) and the raw data's
+    identity (`raw_fingerprint`); training and evaluation check them on load. Both it and the
+    tensor file are rewritten only when their content changes, so preparing the same raw data
+    again changes nothing downstream.
+    """
     spec = dataset_spec(dataset)
     raw, out = Path(raw), Path(out)
-    manifest = _raw_manifest(raw)
+    manifest = _raw_manifest(raw, dataset)
     info: dict = {"dataset": dataset, "num_classes": spec.num_classes, "in_chans": spec.in_chans,
                   "image_size": spec.image_size, "backend": spec.backend,
-                  "raw_manifest": str(raw / "MANIFEST.json")}
+                  "raw_manifest": str(raw / "MANIFEST.json"),
+                  "raw_fingerprint": datacheck.raw_fingerprint(manifest)}
+    written: list[str] = []
     if dataset == "fashion-mnist":
         x_train, y_train = _load_fashion_split(raw, "train")
         x_test, y_test = _load_fashion_split(raw, "test")
@@ -196,8 +203,15 @@ def prepare(dataset: str, raw: str | Path, out: str | Path) -> dict:
         tensors = {"train_images": x_train, "train_labels": y_train,
                    "test_images": x_test, "test_labels": y_test}
         tensor_file = out / "fashion-mnist.pt"
-        with atomic_path(tensor_file, suffix=".pt") as tmp:
-            torch.save(tensors, tmp)
+        # Saved through a buffer: torch names the archive after the file it writes to, so a
+        # temporary file name would make every preparation's bytes (and hash) different.
+        buffer = io.BytesIO()
+        torch.save(tensors, buffer)
+        data = buffer.getvalue()
+        if not (tensor_file.is_file() and tensor_file.stat().st_size == len(data)
+                and tensor_file.read_bytes() == data):
+            atomic_write_bytes(tensor_file, data)
+        written.append(tensor_file.name)
         # Relative to prepared.json, so the processed folder can be read from anywhere.
         info.update(tensor_file=tensor_file.name, n_train=len(y_train), n_test=len(y_test),
                     mean=mean, std=std)
@@ -214,18 +228,38 @@ def prepare(dataset: str, raw: str | Path, out: str | Path) -> dict:
             dataset, (IMAGENET_MEAN, IMAGENET_STD))
         info.update(root=str(root.resolve()), n_train=len(train_set), n_test=len(test_set),
                     mean=list(mean), std=list(std))
-    atomic_write_json(out / PREPARED, info)
+    info["files"] = datacheck.file_entries(out, written)
+    write_if_changed(out / PREPARED, json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
 
 
-def load_prepared(processed: str | Path) -> dict:
-    path = Path(processed) / PREPARED
+def _reprepare_hint(processed: Path) -> str:
+    name = processed.name
+    return (f"prepare it again: rm -r {processed} && make {processed}/{PREPARED} (or python -m "
+            f"normrepro.convnext.prepare --dataset {name} --raw data/raw/{name} --out {processed})")
+
+
+def load_prepared(processed: str | Path, verify: bool = True) -> dict:
+    """prepared.json of a processed data set; with `verify`, its files are checked against it."""
+    processed = Path(processed)
+    path = processed / PREPARED
     if not path.is_file():
-        name = Path(processed).name
-        raise DataLayoutError(f"{path} not found: run python -m normrepro.convnext.prepare "
-                              f"--dataset {name} --raw data/raw/{name} --out {processed}")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        raise DataLayoutError(f"{path} not found; {_reprepare_hint(processed)}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+    except ValueError as exc:
+        raise DataLayoutError(f"{path} is not valid JSON ({exc}); "
+                              f"{_reprepare_hint(processed)}") from None
+    if verify:
+        datacheck.verify_processed(processed, info, path, _reprepare_hint(processed))
+    return info
+
+
+def data_fingerprint(data_cfg: dict) -> str:
+    """The identity of the data a run with `data_cfg` reads, after checking its files."""
+    processed = Path(data_cfg.get("processed_root", "data/processed")) / data_cfg["dataset"]
+    return datacheck.fingerprint(load_prepared(processed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +483,7 @@ class ImageClassificationData:
         return self.spec.backend
 
     def norm_stats(self) -> tuple[list[float], list[float]]:
-        info = self.info or load_prepared(self.processed)
+        info = self.info or load_prepared(self.processed, verify=False)
         return list(info["mean"]), list(info["std"])
 
     def setup(self) -> None:
@@ -465,8 +499,12 @@ class ImageClassificationData:
                             self.cfg.get("test_subset"), int(self.cfg.get("split_seed", 0)))
         self.split_sizes = {k: int(len(v)) for k, v in idx.items()}
         if self.backend == "tensor":
-            tensors = torch.load(self.processed / self.info["tensor_file"], map_location="cpu",
-                                 weights_only=True)
+            tensor_file = self.processed / self.info["tensor_file"]
+            try:
+                tensors = torch.load(tensor_file, map_location="cpu", weights_only=True)
+            except (RuntimeError, EOFError, OSError, ValueError) as exc:
+                raise DataLayoutError(f"{tensor_file} cannot be read ({exc}); "
+                                      f"{_reprepare_hint(self.processed)}") from None
             for split, src in (("train", "train"), ("val", "train"), ("test", "test")):
                 self._sets[split] = TensorImages(tensors[f"{src}_images"], tensors[f"{src}_labels"],
                                                  idx[split])

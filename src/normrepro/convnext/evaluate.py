@@ -29,20 +29,42 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from normrepro.config import ConfigError
-from normrepro.convnext.data import DataLayoutError, ImageClassificationData, augment_tensor_batch
+from normrepro.convnext.data import (DataLayoutError, ImageClassificationData, augment_tensor_batch,
+                                     data_fingerprint)
 from normrepro.convnext.model import accuracy_counts, build_model, count_parameters
 from normrepro.convnext.run_config import load_run_config, uses_gpu
+from normrepro.errors import CheckpointError, DataError, UserError, cli
 from normrepro.io import atomic_write_json, read_json
+from normrepro.progress import quiet_libraries
+from normrepro.rundir import STAMP, checkpoint_problem, parse_stamp
 
 
 def load_weights(model: torch.nn.Module, ckpt_path: Path) -> None:
     """Load the LightningModule's `model.*` weights from a Lightning checkpoint."""
+    run = ckpt_path.parent.parent
+    retrain = (f"retrain the run: rm {run}/env.json and rerun make (training sets the damaged "
+               "checkpoint aside and starts over)")
     if not ckpt_path.is_file():
-        raise FileNotFoundError(f"{ckpt_path} not found: train the run first")
+        raise CheckpointError(f"{ckpt_path} not found: {retrain}")
+    problem = checkpoint_problem(ckpt_path)
+    if problem is not None:
+        raise CheckpointError(f"{ckpt_path} is unreadable: {problem}; {retrain}")
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
+
+
+def check_trained_on_current_data(run: Path, cfg: dict) -> None:
+    """The processed data must be what the run was trained on (its stamp's fingerprint)."""
+    stamp = run / STAMP
+    if not stamp.is_file():
+        return
+    _, trained_on = parse_stamp(stamp.read_text(encoding="utf-8"))
+    now = data_fingerprint(cfg["data"])
+    if trained_on is not None and trained_on != now:
+        raise DataError(f"{run} was trained on other data than "
+                        f"{cfg['data'].get('processed_root', 'data/processed')}/"
+                        f"{cfg['data']['dataset']} holds now; rerun make to retrain it")
 
 
 @torch.inference_mode()
@@ -73,7 +95,7 @@ def evaluate(run: str | Path) -> dict:
     cfg = load_run_config(run / "config.yaml")
     env_path = run / "env.json"
     if not env_path.is_file():
-        raise FileNotFoundError(f"{env_path} not found: training of {run} has not finished "
+        raise UserError(f"{env_path} not found: training of {run} has not finished "
                                 f"(python -m normrepro.convnext.train --config {run}/config.yaml "
                                 f"--out {run})")
     train_rec = read_json(env_path).get("train", {})
@@ -91,6 +113,7 @@ def evaluate(run: str | Path) -> dict:
         atomic_write_json(run / "final.json", final)
         return final
 
+    check_trained_on_current_data(run, cfg)
     dm = ImageClassificationData(cfg["data"], cfg["seed"],
                                  int(cfg["data"].get("eval_batch_size", cfg["data"]["batch_size"])))
     dm.setup()
@@ -108,17 +131,16 @@ def evaluate(run: str | Path) -> dict:
     return final
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.convnext.evaluate",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run folder (results/convnext/<ds>/<arm>/seed<k>)")
+    parser.add_argument("--run", required=True,
+                        help="run folder (results/convnext/<profile>/<dataset>/<arm>/seed<k>)")
     args = parser.parse_args(argv)
-    try:
-        final = evaluate(args.run)
-    except (ConfigError, DataLayoutError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    quiet_libraries()
+    final = evaluate(args.run)
     if final["status"] == "ok":
         print(f"[evaluate] {args.run}: top-1 {final['test_top1']:.2f}  top-5 "
               f"{final['test_top5']:.2f} on {final['n_test']} test images", flush=True)

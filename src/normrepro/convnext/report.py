@@ -1,7 +1,7 @@
-"""Stage `report`: `results/convnext/report.md` from the files under results/ and paper.yaml.
+"""Stage `report`: `results/convnext/<profile>/report.md` from the files under results/ and paper.yaml.
 
-    python -m normrepro.convnext.report --results results/convnext --datasets fashion-mnist \
-        --paper replications/convnext/paper.yaml --out results/convnext/report.md
+    python -m normrepro.convnext.report --results results/convnext/<profile> --datasets fashion-mnist \
+        --paper replications/convnext/paper.yaml --out results/convnext/<profile>/report.md
 
 Every number in the report is read from a file: the paper's from paper.yaml; ours from
 `<dataset>/summary.csv`, `<dataset>/runs.csv` and each run's config.yaml, env.json, final.json.
@@ -404,7 +404,7 @@ def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path
         infos.append(info)
 
     tail = ["## Files", "",
-            "Per data set, `results/convnext/<dataset>/`: `summary.csv` (columns below), "
+            "Per data set, `results/convnext/<profile>/<dataset>/`: `summary.csv` (columns below), "
             "`runs.csv` (one row per run) and `<arm>/seed<k>/` with `config.yaml` (resolved "
             "config), `metrics.csv` (per epoch), `final.json` (test result and status), "
             "`env.json` (git commit, packages, hardware, wall time).", "",

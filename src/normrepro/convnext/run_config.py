@@ -9,25 +9,16 @@ from pathlib import Path
 
 import torch
 
-from normrepro.config import ConfigError, load_yaml
+from normrepro import schema
+from normrepro.config import load_yaml
 
-REQUIRED = ("seed", "data.dataset", "data.batch_size", "model.variant", "model.norm",
-            "optim.base_lr", "optim.base_batch", "optim.weight_decay", "trainer.max_epochs")
+REQUIRED = schema.CONVNEXT_REQUIRED
 
 
 def check_config(cfg: dict, source: str = "config") -> dict:
-    """Fail early, naming the missing key, rather than deep inside Lightning."""
-    for key in REQUIRED:
-        node = cfg
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"{source}: missing {key!r}; resolve the run config with "
-                                  "python -m normrepro.config resolve replications/convnext ...")
-            node = node[part]
-    if cfg["model"].get("ema"):
-        raise ConfigError(f"{source}: model.ema is true, but weight EMA is not implemented; the "
-                          "paper turned it off for the BN/LN comparison (it hurts BN models)")
-    return cfg
+    """The run config checked against the schema (types, keys, norm and data set names) and for
+    the keys every run needs; fails early, naming the key, rather than deep inside Lightning."""
+    return schema.check_run(cfg, "convnext", source)
 
 
 def load_run_config(path: str | Path) -> dict:

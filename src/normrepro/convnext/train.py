@@ -12,34 +12,43 @@ Writes into RUN:
   final.json              only if the run diverged (status "diverged"); evaluate writes it
                           otherwise
 
-A rerun with the same config resumes from `checkpoints/last.ckpt` (Lightning's `ckpt_path`);
-a checkpoint written under a different config is discarded and training starts over, because
-epochs, schedule or model would not match.
+A rerun with the same config and data resumes from `checkpoints/last.ckpt` (Lightning's
+`ckpt_path`), and a finished run (env.json present) is left as it is. The run's stamp,
+`checkpoints/config.yaml`, holds the training-relevant config and the fingerprint of the data
+(`normrepro.rundir`): when either changed, the old run is moved aside to
+`<run>.replaced-<time>/` (one line says why) and training starts over; an unreadable `last.ckpt`
+is set aside with a warning and training restarts. The processed data is checked against its
+prepared.json (sizes and hashes) before use.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from normrepro.config import ConfigError, dump
-from normrepro.convnext.data import DataLayoutError
+from normrepro import schema
+from normrepro.convnext.data import data_fingerprint
 from normrepro.convnext.datamodule import ConvNeXtDataModule
 from normrepro.convnext.model import count_parameters
 from normrepro.convnext.module import ConvNeXtClassifier, effective_batch, scaled_lr
-from normrepro.convnext.run_config import load_run_config, resolve_precision, uses_gpu
-from normrepro.io import atomic_write_json, atomic_write_text
+from normrepro.convnext.run_config import check_config, load_run_config, resolve_precision, uses_gpu
+from normrepro.errors import cli
+from normrepro.io import atomic_write_json, read_json
+from normrepro.progress import quiet_libraries, training_progress
 from normrepro.provenance import write_env_json
+from normrepro.rundir import stamp_text, sync_stamp
+
+# Config keys that do not change what training produces: changing them does not retrain.
+NOT_TRAINING = schema.NOT_TRAINING["convnext"]
+# What a training leaves besides checkpoints/ before it finishes (cleared on a fresh start).
+PARTIAL = ("metrics.csv", "final.json")
 
 def trainer_kwargs(cfg: dict) -> dict:
     """Lightning Trainer arguments from `cfg["trainer"]`, lean by default (see module.py)."""
@@ -76,32 +85,31 @@ def _launch_rank() -> int:
     return 0
 
 
-def _fresh_start(out: Path, ckpt_dir: Path, reason: str) -> None:
-    print(f"[train] {reason}: starting {out} from scratch", flush=True)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    (out / "metrics.csv").unlink(missing_ok=True)
+def train(cfg: dict, out: str | Path, callbacks: list | None = None,
+          partial: tuple[str, ...] = ()) -> dict:
+    """Train (or resume) one run; returns the `train` record written into env.json.
 
-
-def train(cfg: dict, out: str | Path, callbacks: list | None = None) -> dict:
-    """Train (or resume) one run; returns the `train` record written into env.json."""
+    A run already finished with this config and data is not trained again: its record is
+    returned (with `up_to_date: true`). `partial`: more files the caller writes during training
+    (e.g. a recorder's CSV), cleared with the others when an unfinished run starts over.
+    """
     started = time.time()
+    cfg = check_config(cfg, str(Path(out) / "config.yaml"))
+    quiet_libraries()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    stamp = ckpt_dir / "config.yaml"
-    cfg_text = dump(cfg)
+    # Checks the processed files against prepared.json before anything here changes.
+    fingerprint = data_fingerprint(cfg["data"])
+    stamp = stamp_text(cfg, NOT_TRAINING, fingerprint)
     # Under DDP every rank runs this function; only the first one touches the folder.
     if _launch_rank() == 0:
-        if last.exists() and (not stamp.is_file() or stamp.read_text(encoding="utf-8") != cfg_text):
-            _fresh_start(out, ckpt_dir, "the config changed since the last checkpoint")
-        elif not last.exists() and (out / "metrics.csv").exists():
-            _fresh_start(out, ckpt_dir, "metrics.csv exists without a checkpoint")
-        # Whatever these said belongs to an earlier training of this folder.
-        for stale in ("env.json", "final.json"):
-            (out / stale).unlink(missing_ok=True)
-        if not last.exists():
-            atomic_write_text(stamp, cfg_text)
+        state = sync_stamp(out, stamp, finished=("env.json",), partial=PARTIAL + tuple(partial))
+        if state == "done":
+            os.utime(out / "env.json")  # up to date: tell make so
+            print(f"[train] {out} is already trained with this config and data", flush=True)
+            return {**read_json(out / "env.json").get("train", {}), "up_to_date": True}
     resume = last if last.exists() else None
 
     if uses_gpu(cfg):
@@ -117,10 +125,10 @@ def train(cfg: dict, out: str | Path, callbacks: list | None = None) -> dict:
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                  save_last=False, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
-    trainer = L.Trainer(default_root_dir=str(out), callbacks=[checkpoint, *(callbacks or [])],
+    progress = training_progress(f"[train] {out}")
+    trainer = L.Trainer(default_root_dir=str(out),
+                        callbacks=[checkpoint, progress, *(callbacks or [])],
                         **trainer_kwargs(cfg))
-    # The folder holds our config stamp next to last.ckpt; Lightning's "not empty" warning is moot.
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     if resume is not None:
         print(f"[train] resuming {out} from {resume}", flush=True)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
@@ -155,10 +163,11 @@ def train(cfg: dict, out: str | Path, callbacks: list | None = None) -> dict:
         write_env_json(out / "env.json", wall_time_s=time.time() - started, train=record,
                        run={"dataset": cfg["data"]["dataset"], "arm": cfg.get("arm"),
                             "seed": int(cfg["seed"]), "variant": cfg["model"]["variant"],
-                            "norm": cfg["model"]["norm"]})
+                            "norm": cfg["model"]["norm"], "data_fingerprint": fingerprint})
     return record
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.convnext.train",
                                      description=__doc__,
@@ -166,14 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="resolved run config (config.yaml)")
     parser.add_argument("--out", required=True, help="run folder to write into")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_run_config(args.config)
-        record = train(cfg, args.out)
-    except (ConfigError, DataLayoutError, yaml.YAMLError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"[train] {args.out}: {record['status']}, {record['epochs_completed']} epochs, "
-          f"{record['train_time_s']:.0f} s of training", flush=True)
+    quiet_libraries()
+    cfg = load_run_config(args.config)
+    record = train(cfg, args.out)
+    if not record.get("up_to_date"):
+        print(f"[train] {args.out}: {record['status']}, {record['epochs_completed']} epochs, "
+              f"{record['train_time_s']:.0f} s of training", flush=True)
     return 0
 
 

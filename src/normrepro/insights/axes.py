@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from normrepro.errors import cli
 from normrepro.io import atomic_path, atomic_write_text
 from normrepro.norms import NORM_NAMES, create_norm, eager_kernels, is_sequence_norm
 
@@ -205,6 +206,7 @@ def plot_cubes(measured: dict[str, Measured], out_stem: str | Path) -> list[Path
     return save_figure(fig, out_stem)
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="output folder")

@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from normrepro.errors import cli
 from normrepro.io import atomic_path
 from normrepro.norms import create_norm, eager_kernels
 
@@ -292,6 +293,7 @@ def plot(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]:
     return save_figure(fig, out_stem)
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="output folder")

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from normrepro.errors import cli
 from normrepro.insights.fluctuation import LayerSelector, select_layers
 from normrepro.io import atomic_path, read_json
 
@@ -273,6 +274,7 @@ def _parse_runs(items: Sequence[str]) -> dict[str, Path]:
     return runs
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, metavar="LABEL=RUN_DIR",

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from normrepro.errors import cli
 from normrepro.io import atomic_path
 from normrepro.norms import records_stats
 
@@ -289,6 +290,7 @@ def _parse_sources(items: Iterable[str]) -> dict[str, str]:
     return sources
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", action="append", required=True, metavar="LABEL=FILE",

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 
 from normrepro import norms
+from normrepro.errors import cli
 from normrepro.io import atomic_path
 from normrepro.norms import MaskedBatchNorm
 
@@ -285,6 +286,7 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False, float_format="%.6g")
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--masked-run", required=True, type=Path,

@@ -22,26 +22,25 @@ starts from). The resolved config keeps everything the replication's code needs,
 `resolve` and `args` rewrite their file only when it changes (make then redoes only what
 depends on it). `train` writes, besides what the replication's trainer writes (`metrics.csv`,
 checkpoints; `env.json` for ConvNeXt), the recorder CSV and last `record.json` (the make target:
-status, steps, wall time). An interrupted run resumes from its last checkpoint; a run whose config
-changed starts over. A config with `trainer.devices: 2` and `trainer.strategy: ddp` trains under
-Lightning DDP: Lightning re-launches this same command once per extra worker.
+status, steps, wall time). An interrupted run resumes from its last checkpoint; a finished run is
+left as it is; a run whose config or data changed is moved aside and starts over (the stamp rule
+of `normrepro.rundir`, as in the replications). A config with `trainer.devices: 2` and
+`trainer.strategy: ddp` trains under Lightning DDP: Lightning re-launches this same command once
+per extra worker.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from normrepro.config import ConfigError, dump, load_profile, load_yaml, resolve
-from normrepro.io import atomic_write_json, atomic_write_text, write_if_changed
+from normrepro.errors import UserError, cli
+from normrepro.io import atomic_write_json, read_json, write_if_changed
 
 REPL_DIR = Path("replications/insights")
 REPLICATIONS = ("convnext", "powernorm")
@@ -64,10 +63,12 @@ def _spec(profile_cfg: dict, run: str) -> dict:
     return spec
 
 
-def resolve_run(profile: str, run: str, repl_dir: str | Path = REPL_DIR) -> dict:
-    """The full config of one insights run (see the module docstring)."""
+def resolve_run(profile: str, run: str, repl_dir: str | Path = REPL_DIR,
+                overrides: list[str] = ()) -> dict:
+    """The full config of one insights run (see the module docstring); `overrides` (SET) apply
+    to the insights profile."""
     repl_dir = Path(repl_dir)
-    prof = load_profile(repl_dir, profile)
+    prof = load_profile(repl_dir, profile, list(overrides))
     spec = _spec(prof, run)
     upstream = (prof.get("upstream") or {}).get(spec["replication"])
     if not upstream:
@@ -75,8 +76,12 @@ def resolve_run(profile: str, run: str, repl_dir: str | Path = REPL_DIR) -> dict
                           "the runs start from) is not set")
     # JSON is YAML, so set_dotted parses these values back exactly (lists, dicts, null).
     overrides = [f"{k}={json.dumps(v)}" for k, v in (spec.get("set") or {}).items()]
+    if spec["replication"] == "powernorm":
+        from normrepro.insights.padding import register_unmasked_norm
+
+        register_unmasked_norm()  # the padding runs name `batch_unmasked`
     cfg = resolve(repl_dir.parent / spec["replication"], upstream, spec["arm"], int(spec["seed"]),
-                  overrides)
+                  overrides, override_source=f"{repl_dir}/profiles/{prof['profile']}.yaml runs.{run}.set")
     cfg["insights"] = {"run": run, "profile": prof["profile"], "upstream_profile": upstream,
                        "record": dict(spec["record"])}
     return cfg
@@ -125,11 +130,9 @@ def _train_image(cfg: dict, out: Path) -> dict:
     if world > 1 and str(cfg["trainer"].get("accelerator")) == "cpu":
         # one share of the cores per worker: oversubscribed threads would measure contention
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    if _launch_rank() == 0:
-        stamp = out / "checkpoints" / "config.yaml"
-        if not stamp.is_file() or stamp.read_text(encoding="utf-8") != dump(cfg):
-            _record_csv(cfg, out).unlink(missing_ok=True)  # the trainer restarts too
-    record = train(cfg, out, callbacks=[_callback(cfg, out)])
+    # The recorder's CSV belongs to the training: moved aside or cleared with it.
+    record = train(cfg, out, callbacks=[_callback(cfg, out)],
+                   partial=(_record_csv(cfg, out).name, "record.json"))
     steps = None
     if (out / "metrics.csv").is_file():
         import pandas as pd
@@ -137,35 +140,27 @@ def _train_image(cfg: dict, out: Path) -> dict:
         metrics = pd.read_csv(out / "metrics.csv")
         steps = int(metrics["step"].iloc[-1]) if len(metrics) else 0
     return {"status": record["status"], "steps": steps, "epochs": record["epochs_completed"],
-            "world_size": record["world_size"], "train_time_s": record["train_time_s"]}
+            "world_size": record["world_size"], "train_time_s": record["train_time_s"],
+            **({"up_to_date": True} if record.get("up_to_date") else {})}
 
 
 def _train_text(cfg: dict, out: Path, data: Path) -> dict:
     from normrepro.insights.padding import register_unmasked_norm
     from normrepro.provenance import write_env_json
-    from normrepro.translation.common import quiet_logging, run_paths, set_threads
-    from normrepro.translation.train import NOT_TRAINING, build
+    from normrepro.rundir import stamp_text, sync_stamp
+    from normrepro.translation.common import quiet_logging, run_paths, set_threads, verified_data
+    from normrepro.translation.train import NOT_TRAINING, PARTIAL, build
 
     register_unmasked_norm()  # configs may name `batch_unmasked`
     quiet_logging()
     set_threads(cfg["trainer"].get("threads"))
     paths = run_paths(out)
-    manifest = data / "MANIFEST.json"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} not found: prepare the data first "
-                                "(make replicate-powernorm prepares it, or "
-                                "python -m normrepro.translation.prepare)")
     # Resume only what was trained with this very config and data; otherwise start over.
-    relevant = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
-    data_id = hashlib.sha256(manifest.read_bytes()).hexdigest()
-    stamp_text = yaml.safe_dump(relevant, sort_keys=True) + f"# data: {data} {data_id}\n"
-    stamp = paths["checkpoints"] / "config.yaml"
-    if not stamp.is_file() or stamp.read_text(encoding="utf-8") != stamp_text:
-        shutil.rmtree(paths["checkpoints"], ignore_errors=True)
-        for stale in (paths["metrics"], _record_csv(cfg, out)):
-            stale.unlink(missing_ok=True)
-    paths["checkpoints"].mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, stamp_text)
+    _, fingerprint = verified_data(data)
+    state = sync_stamp(out, stamp_text(cfg, NOT_TRAINING, fingerprint), finished=("record.json",),
+                       partial=PARTIAL + (_record_csv(cfg, out).name, "env.json"))
+    if state == "done":
+        return {**read_json(out / "env.json")["train"], "up_to_date": True}
     started = time.time()
     trainer, module, dm, recorder = build(cfg, data, out)
     trainer.callbacks.append(_callback(cfg, out))
@@ -193,8 +188,6 @@ def train_run(config: str | Path, out: str | Path, data: str | Path | None = Non
                           "write it with python -m normrepro.insights.runs resolve")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if _launch_rank() == 0:
-        (out / "record.json").unlink(missing_ok=True)
     data = Path(data) if data else data_dir(cfg)
     if cfg["replication"] == "convnext":
         summary = _train_image(cfg, out)
@@ -206,15 +199,19 @@ def train_run(config: str | Path, out: str | Path, data: str | Path | None = Non
               "wall_time_s": round(time.time() - started, 1), **summary}
     if _launch_rank() == 0:
         if not csv.is_file():
-            raise RuntimeError(f"training of {out} finished but recorded nothing into {csv}; "
-                               "check insights.record.layers and every_n_steps")
+            raise UserError(f"training of {out} finished but recorded nothing into {csv}; "
+                            "check insights.record.layers and every_n_steps")
+        if summary.get("up_to_date") and (out / "record.json").is_file():
+            os.utime(out / "record.json")  # tell make it is up to date
+            return read_json(out / "record.json")
         atomic_write_json(out / "record.json", record)
     return record
 
 
-def stage_args(profile: str, stage: str, repl_dir: str | Path = REPL_DIR) -> str:
+def stage_args(profile: str, stage: str, repl_dir: str | Path = REPL_DIR,
+               overrides: list[str] = ()) -> str:
     """The command-line arguments the profile gives a stage (`stages.<stage>`, a string)."""
-    prof = load_profile(repl_dir, profile)
+    prof = load_profile(repl_dir, profile, list(overrides))
     stages = prof.get("stages") or {}
     if stage not in stages:
         raise ConfigError(f"unknown stage {stage!r}; the profile's stages are {', '.join(sorted(stages))}")
@@ -222,6 +219,7 @@ def stage_args(profile: str, stage: str, repl_dir: str | Path = REPL_DIR) -> str
     return "" if value is None else str(value).strip()
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.insights.runs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -246,25 +244,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--repl-dir", default=REPL_DIR, type=Path)
     args = parser.parse_args(argv)
-    try:
-        if args.cmd == "resolve":
-            write_if_changed(args.out, dump(resolve_run(args.profile, args.run, args.repl_dir)))
-        elif args.cmd == "data":
-            cfg = resolve_run(args.profile, args.run, args.repl_dir)
-            if args.name:
-                print(cfg["data"]["dataset"] if cfg["replication"] == "convnext" else cfg["dataset"])
-            else:
-                print(data_dir(cfg))
-        elif args.cmd == "args":
-            write_if_changed(args.out, stage_args(args.profile, args.stage, args.repl_dir) + "\n")
+    if args.cmd == "resolve":
+        write_if_changed(args.out, dump(resolve_run(args.profile, args.run, args.repl_dir)))
+    elif args.cmd == "data":
+        cfg = resolve_run(args.profile, args.run, args.repl_dir)
+        if args.name:
+            print(cfg["data"]["dataset"] if cfg["replication"] == "convnext" else cfg["dataset"])
         else:
-            record = train_run(args.config, args.out, args.data)
-            if _launch_rank() == 0:
-                print(f"[insights] {args.out}: {record['status']}, recorded into "
-                      f"{record['record_csv']} ({record['wall_time_s']:.0f} s)", flush=True)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+            print(data_dir(cfg))
+    elif args.cmd == "args":
+        write_if_changed(args.out, stage_args(args.profile, args.stage, args.repl_dir) + "\n")
+    else:
+        record = train_run(args.config, args.out, args.data)
+        if _launch_rank() == 0:
+            print(f"[insights] {args.out}: {record['status']}, recorded into "
+                  f"{record['record_csv']} ({record['wall_time_s']:.0f} s)", flush=True)
     return 0
 
 

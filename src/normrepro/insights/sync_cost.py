@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from normrepro.errors import cli
 from normrepro.insights.distributed import spawn_group
 from normrepro.io import atomic_path, atomic_write_json, read_json
 from normrepro.norms import create_norm, eager_kernels
@@ -185,6 +186,7 @@ def plot(df: pd.DataFrame, out_stem: str | Path) -> list[Path]:
     return save_figure(fig, out_stem)
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="output folder")

@@ -7,7 +7,7 @@ Stages, each a `python -m normrepro.translation.<stage>` with explicit inputs an
 * `average`   the last N weight snapshots of a run → `averaged.pt`
 * `evaluate`  beam search with fairseq's `SequenceGenerator`, tokenized BLEU and sacreBLEU
 * `summarize` per-dataset `summary.csv` and `runs.csv` (statistics of `normrepro.summary`)
-* `plot`, `report`  figures and `results/powernorm/report.md`
+* `plot`, `report`  figures and `results/powernorm/<profile>/report.md`
 * `crosscheck`, `bench`  the same arm trained by `fairseq-train` vs the Lightning module
 
 `model` holds the architecture (also registered for `fairseq-train --user-dir

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from normrepro.errors import UserError, cli
 from normrepro.io import atomic_path, read_json
 from normrepro.translation.common import load_weights, run_paths, snapshot_paths
 
@@ -56,7 +57,7 @@ def average_run(run_dir: Path, last: int = 5, out: Path | None = None) -> Path:
             torch.save({"model": {}, "averaged": [], "updates": [], "status": "diverged"}, tmp)
         return out
     if not snaps:
-        raise FileNotFoundError(f"{run_dir}/checkpoints has no snapshot_u*.pt; train the run first")
+        raise UserError(f"{run_dir}/checkpoints has no snapshot_u*.pt; train the run first")
     chosen = snaps[-last:]
     loaded = [load_weights(p) for p in chosen]
     averaged = average_state_dicts([s["model"] for s in loaded])
@@ -66,6 +67,7 @@ def average_run(run_dir: Path, last: int = 5, out: Path | None = None) -> Path:
     return out
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.average", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

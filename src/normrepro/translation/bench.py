@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 
+from normrepro.errors import cli
 from normrepro.io import atomic_write_json
 from normrepro.translation.common import quiet_logging
 
@@ -126,6 +127,7 @@ def bench(data_dir: Path, repl_dir: Path, profile: str, out: Path, warmup: int, 
     return result
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -11,7 +11,7 @@ import os
 import warnings
 from pathlib import Path
 
-import yaml
+from normrepro.errors import CheckpointError, ConfigError, DataError
 
 LOG = logging.getLogger("normrepro.translation")
 
@@ -24,6 +24,9 @@ def quiet_logging(level: int = logging.INFO) -> None:
     """fairseq's text-to-speech task calls `logging.basicConfig(level=DEBUG)` at import, which
     floods stderr with third-party debug lines; keep the root at WARNING and ours at `level`.
     Call again after importing lightning (it installs its own INFO handler)."""
+    from normrepro.progress import quiet_libraries
+
+    quiet_libraries()
     root = logging.getLogger()
     root.setLevel(logging.WARNING)
     if not root.handlers:
@@ -47,10 +50,16 @@ def set_threads(n: int | None) -> None:
 
 
 def load_config(path: str | Path) -> dict:
-    with open(path, encoding="utf-8") as fh:
-        cfg = yaml.safe_load(fh)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a resolved run config (a mapping)")
+    """A resolved run config, checked against the replication's schema (keys, types, norms)."""
+    from normrepro import schema
+    from normrepro.config import load_yaml
+
+    cfg = load_yaml(path)
+    if not cfg:
+        raise ConfigError(f"{path}: expected a resolved run config (a mapping); resolve it with "
+                          "python -m normrepro.config resolve replications/powernorm ...")
+    cfg = schema.validate(cfg, "powernorm", str(path))
+    schema.check_required(cfg, "powernorm", str(path))
     return cfg
 
 
@@ -78,7 +87,35 @@ def load_weights(path: str | Path) -> dict:
     """A snapshot or averaged checkpoint: plain tensors and numbers, loaded with weights_only."""
     import torch
 
+    from normrepro.rundir import checkpoint_problem
+
+    problem = checkpoint_problem(path) if Path(path).is_file() else "it does not exist"
+    if problem is not None:
+        run = Path(path).parent.parent
+        raise CheckpointError(f"{path} is unreadable: {problem}; retrain the run: rm "
+                              f"{run}/train.json and rerun make (training sets damaged "
+                              "checkpoints aside and starts over)")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def data_fix_hint(data_dir: str | Path) -> str:
+    data_dir = Path(data_dir)
+    return (f"prepare it again: rm -r {data_dir} and rerun make (the prepare stage rebuilds it "
+            "from the raw data)")
+
+
+def verified_data(data_dir: str | Path) -> tuple[dict, str]:
+    """(MANIFEST.json, fingerprint) of a prepared data folder, after checking its files."""
+    from normrepro import datacheck
+
+    data_dir = Path(data_dir)
+    path = data_dir / "MANIFEST.json"
+    if not path.is_file():
+        raise DataError(f"{path} not found: prepare the data first (make does; or python -m "
+                        "normrepro.translation.prepare)")
+    manifest = datacheck.load_manifest(path, data_fix_hint(data_dir))
+    datacheck.verify_processed(data_dir, manifest, path, data_fix_hint(data_dir))
+    return manifest, datacheck.fingerprint(manifest)
 
 
 def inverse_sqrt_lr(update: int, lr: float, warmup_updates: int, warmup_init_lr: float) -> float:

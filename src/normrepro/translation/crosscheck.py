@@ -2,7 +2,7 @@
 
     python -m normrepro.translation.crosscheck --data data/processed/bible-de-en-smoke \\
         --repl-dir replications/powernorm --profile smoke --arm ln --seed 1 \\
-        --out results/powernorm/crosscheck.json
+        --out results/powernorm/smoke/crosscheck.json
 
 Both trainers get the same binarized data, model (`--user-dir src/normrepro/translation/
 fairseq_plugin`, the class the Lightning module builds), seed, batches (`--max-tokens`,
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from normrepro.errors import cli
 from normrepro.io import atomic_write_json, atomic_write_text
 from normrepro.translation.common import LOG, model_args, quiet_logging
 
@@ -229,6 +230,7 @@ def crosscheck(data_dir: Path, repl_dir: Path, profile: str, arm: str, seed: int
     return result
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.crosscheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--arm", default="ln")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("results/powernorm/crosscheck.json"))
+    parser.add_argument("--out", type=Path, default=Path("results/powernorm/smoke/crosscheck.json"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override (e.g. trainer.max_updates=300), applied to both trainers")
     args = parser.parse_args(argv)

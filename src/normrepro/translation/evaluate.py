@@ -25,6 +25,8 @@ Writes `hyps/<set>.{tok,detok}.txt` (line i = sentence i; sets `test` and one pe
 `<set>_bleu_sacre` at the top level (what `normrepro.summary` reads), details and signatures per
 set under `sets`, the training summary under `train`; plus `env.json`.
 A diverged run (non-finite loss, see `train.json`) is recorded with BLEU null, not an error.
+The data folders are checked against their manifests first, and must be the data the run was
+trained on (the fingerprint in its stamp); beam search reports its progress with an ETA.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from typing import Optional
 
 import torch
 
+from normrepro.errors import DataError, UserError, cli
 from normrepro.io import atomic_write_json, atomic_write_text, read_json
 from normrepro.translation.common import (LOG, load_config, load_weights, model_args, quiet_logging,
-                                          run_paths, set_threads)
+                                          run_paths, set_threads, verified_data)
 
 
 def tokenized_bleu(hyps: list[str], refs: list[str]):
@@ -73,13 +76,15 @@ def detokenize(lines: list[str], lang: str = "en") -> list[str]:
 @torch.no_grad()
 def translate(model, dataset, dictionary, beam: int = 5, lenpen: float = 1.0, max_tokens: Optional[int] = None,
               max_sentences: Optional[int] = 128, max_len_a: float = 0, max_len_b: int = 200,
-              device: Optional[torch.device] = None, limit: Optional[int] = None) -> list[str]:
+              device: Optional[torch.device] = None, limit: Optional[int] = None,
+              progress_label: Optional[str] = None) -> list[str]:
     """Best beam hypothesis (BPE removed) for every sentence of `dataset`, in dataset order.
 
     Batches are fairseq-generate's for `--batch-size max_sentences` (length-sorted, no token
     bound unless `max_tokens`): the generator's length cap a·max_src_len + b is per batch, so a
     hypothesis that reaches it depends on the batch it is in; the same batches give exactly
     fairseq-generate's hypotheses. With `limit`, only sentences 0..limit-1 are translated.
+    `progress_label`: show progress (sentences done, ETA) under this label.
     """
     from fairseq.sequence_generator import SequenceGenerator
 
@@ -97,6 +102,11 @@ def translate(model, dataset, dictionary, beam: int = 5, lenpen: float = 1.0, ma
         batches = [b for b in batches if len(b)]
     out: dict[int, str] = {}
     eos = dictionary.eos()
+    progress = None
+    if progress_label:
+        from normrepro.progress import Progress
+
+        progress = Progress(progress_label, n, unit="sentences")
     for batch_ids in batches:
         sample = dataset.collater([dataset[int(i)] for i in batch_ids])
         sample = _to_device(sample, device)
@@ -106,6 +116,10 @@ def translate(model, dataset, dictionary, beam: int = 5, lenpen: float = 1.0, ma
                 raise AssertionError(f"sentence {sid} translated twice")
             tokens = hypos[k][0]["tokens"].int().cpu()
             out[sid] = dictionary.string(tokens, bpe_symbol="subword_nmt", extra_symbols_to_ignore={eos})
+        if progress is not None:
+            progress.update(len(out))
+    if progress is not None:
+        progress.close()
     missing = sorted(set(range(n)) - set(out))
     if missing or len(out) != n:
         raise AssertionError(f"{len(missing)} of {n} sentences were not translated (e.g. {missing[:5]})")
@@ -135,7 +149,8 @@ def evaluate_set(model, dictionary, data_dir: Path, hyps_dir: Path, name: str, b
                              f"{len(refs_raw)} raw test sentences")
     started = time.time()
     hyps = translate(model, dataset, dictionary, beam=beam, lenpen=lenpen, max_sentences=batch_size, device=device,
-                     max_len_a=max_len_a, max_len_b=max_len_b)
+                     max_len_a=max_len_a, max_len_b=max_len_b,
+                     progress_label=f"[evaluate] {hyps_dir.parent} {name}: beam search")
     seconds = time.time() - started
     detok = detokenize(hyps)
     atomic_write_text(hyps_dir / f"{name}.tok.txt", "".join(h + "\n" for h in hyps))
@@ -213,6 +228,25 @@ def evaluate_run(run_dir: Path, data_dir: Path, ood_dirs: list[Path], checkpoint
     return final
 
 
+def check_inputs(run_dir: Path, data_dir: Path, ood_dirs: list[Path]) -> None:
+    """The data folders match their manifests, and the training data is what the run saw."""
+    from normrepro.rundir import STAMP, parse_stamp
+
+    paths = run_paths(run_dir)
+    if not paths["config"].is_file():
+        raise UserError(f"{paths['config']} not found; resolve and train the run first (make does)")
+    _, fingerprint = verified_data(data_dir)
+    for folder in ood_dirs:
+        verified_data(folder)
+    stamp = Path(run_dir) / STAMP
+    if stamp.is_file():
+        _, trained_on = parse_stamp(stamp.read_text(encoding="utf-8"))
+        if trained_on is not None and trained_on != fingerprint:
+            raise DataError(f"{run_dir} was trained on other data than {data_dir} holds now; "
+                            "rerun make to retrain it")
+
+
+@cli
 def main(argv: list[str] | None = None) -> int:
     process_start = time.time()
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.evaluate", description=__doc__,
@@ -225,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: trainer.threads of the run)")
     args = parser.parse_args(argv)
     quiet_logging()
+    check_inputs(args.run_dir, args.data, args.ood)
     # Default: the run's own thread count (runs may execute side by side, see parallel_runs).
     set_threads(args.threads or load_config(run_paths(args.run_dir)["config"])["trainer"].get("threads"))
     final = evaluate_run(args.run_dir, args.data, args.ood, args.checkpoint, process_start=process_start)

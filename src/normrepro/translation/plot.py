@@ -1,7 +1,7 @@
 """Stage `plot`: the figures of the PowerNorm report, PNG and PDF each.
 
-    python -m normrepro.translation.plot --summary results/powernorm/<data>/summary.csv \\
-        --paper replications/powernorm/paper.yaml --out-dir results/powernorm/figures
+    python -m normrepro.translation.plot --summary results/powernorm/<profile>/<data>/summary.csv \\
+        --paper replications/powernorm/paper.yaml --out-dir results/powernorm/<profile>/figures
 
 Reads summary.csv, runs.csv beside it and each run's metrics.csv; writes, prefixed by the data
 folder name:
@@ -24,6 +24,7 @@ import pandas as pd
 
 from normrepro import plots
 from normrepro.config import load_yaml
+from normrepro.errors import cli
 from normrepro.summary import collect_curves, read_summary, resolve_run_dirs
 from normrepro.translation.summarize import ARM_ORDER
 
@@ -82,6 +83,7 @@ def plot_all(summary_csv: str | Path, paper_yaml: str | Path, out_dir: str | Pat
     return written
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,9 +18,12 @@ then `fairseq_cli.preprocess --joined-dictionary`. The output folder holds
     bpe/{split}.{de,en}   BPE-segmented tokens (what fairseq binarizes)
     bpe.codes             the joint BPE codes
     bin/                  fairseq's dict.{de,en}.txt and {split}.de-en.{de,en}.{bin,idx}
-    MANIFEST.json         options, sizes and versions; written last (the make target)
+    MANIFEST.json         options, sizes, versions, every file above with its size and sha256
+                          (`files`) and the raw data's identity (`raw_fingerprint`); written
+                          last (the make target); training and evaluation check the files
 
-and is built in a temporary folder that replaces `--out` only when complete.
+and is built in a temporary folder that replaces `--out` only when complete. Before anything is
+read, the raw files are checked against their `MANIFEST.json` from the fetch (size and sha256).
 
 Datasets:
 
@@ -67,6 +70,8 @@ from typing import Iterable, Sequence
 
 import yaml
 
+from normrepro import datacheck
+from normrepro.errors import DataError, cli
 from normrepro.io import atomic_write_json, write_if_changed
 
 SRC, TGT = "de", "en"
@@ -82,7 +87,7 @@ DEFAULT_OPTIONS = {
 }
 
 
-class PrepareError(RuntimeError):
+class PrepareError(DataError):
     """Raw input missing or malformed; the message names the file and how to obtain it."""
 
 
@@ -357,6 +362,7 @@ def _bpe_and_binarize(tmp: Path, splits: Sequence[str], bpe_size: int | None, co
 
 
 def _publish(tmp: Path, out: Path, manifest: dict) -> None:
+    manifest["files"] = datacheck.file_entries(tmp, datacheck.list_files(tmp, skip=("MANIFEST.json",)))
     atomic_write_json(tmp / "MANIFEST.json", manifest)
     if out.exists():
         shutil.rmtree(out)
@@ -376,7 +382,7 @@ def _manifest(dataset: str, options: dict, stats: dict, started: float, **extra)
             "seconds": round(time.time() - started, 1), **extra}
 
 
-def prepare_bible(raw: Path, out: Path, options: dict, workers: int = 1) -> dict:
+def prepare_bible(raw: Path, out: Path, options: dict, workers: int = 1, raw_fp: str | None = None) -> dict:
     started = time.time()
     pairs = bible_pairs(raw / "bible.db")
     splits = split_bible(pairs, int(options["valid_verses"]), int(options["test_verses"]))
@@ -397,12 +403,14 @@ def prepare_bible(raw: Path, out: Path, options: dict, workers: int = 1) -> dict
             raise AssertionError(f"test chapters leaked into train: {leaked[:5]}")
         stats = _bpe_and_binarize(tmp, SPLITS, int(options["bpe_size"]), None, workers)
         stats["test_chapters"] = len(test_chapters)
-        manifest = _manifest("bible-de-en", options, stats, started, source=str(raw / "bible.db"))
+        manifest = _manifest("bible-de-en", options, stats, started, source=str(raw / "bible.db"),
+                             raw_fingerprint=raw_fp)
         _publish(tmp, out, manifest)
     return manifest
 
 
-def prepare_ding(raw: Path, out: Path, options: dict, codes_from: Path, workers: int = 1) -> dict:
+def prepare_ding(raw: Path, out: Path, options: dict, codes_from: Path, workers: int = 1,
+                 raw_fp: str | None = None) -> dict:
     started = time.time()
     if not (codes_from / "bpe.codes").is_file() or not (codes_from / "bin" / f"dict.{SRC}.txt").is_file():
         raise PrepareError(f"--codes-from {codes_from} must be a prepared training dataset "
@@ -417,12 +425,12 @@ def prepare_ding(raw: Path, out: Path, options: dict, codes_from: Path, workers:
         stats = _bpe_and_binarize(tmp, ("test",), None, codes_from, workers)
         stats["candidates"] = n_candidates
         manifest = _manifest("ding-de-en", options, stats, started, codes_from=str(codes_from),
-                             source=str(raw / "de-en.txt"))
+                             source=str(raw / "de-en.txt"), raw_fingerprint=raw_fp)
         _publish(tmp, out, manifest)
     return manifest
 
 
-def prepare_iwslt14(raw: Path, out: Path, options: dict, workers: int = 1) -> dict:
+def prepare_iwslt14(raw: Path, out: Path, options: dict, workers: int = 1, raw_fp: str | None = None) -> dict:
     started = time.time()
     folder = _iwslt_dir(raw)
     de_raw, en_raw = iwslt_train_lines(folder, SRC), iwslt_train_lines(folder, TGT)
@@ -452,7 +460,7 @@ def prepare_iwslt14(raw: Path, out: Path, options: dict, workers: int = 1) -> di
         stats = _bpe_and_binarize(tmp, SPLITS, int(options["bpe_size"]), None, workers)
         stats["train_tags_pairs"] = len(de_raw)
         stats["after_clean"] = len(keep)
-        manifest = _manifest("iwslt14", options, stats, started, source=str(folder))
+        manifest = _manifest("iwslt14", options, stats, started, source=str(folder), raw_fingerprint=raw_fp)
         _publish(tmp, out, manifest)
     return manifest
 
@@ -476,11 +484,12 @@ class _tmp_dir:
 # ---------------------------------------------------------------------------------------------
 # options and CLI
 
-def profile_options(repl_dir: Path, profile: str, dataset: str) -> dict:
-    """Defaults for `dataset` updated by `prepare.<dataset>` of the profile (base ⊕ profile)."""
+def profile_options(repl_dir: Path, profile: str, dataset: str, overrides: Sequence[str] = ()) -> dict:
+    """Defaults for `dataset` updated by `prepare.<dataset>` of the profile (base ⊕ profile ⊕
+    command-line overrides)."""
     from normrepro.config import load_profile
 
-    cfg = load_profile(repl_dir, profile)
+    cfg = load_profile(repl_dir, profile, list(overrides))
     opts = dict(DEFAULT_OPTIONS[dataset])
     opts.update((cfg.get("prepare") or {}).get(dataset) or {})
     return opts
@@ -495,16 +504,18 @@ def run(dataset: str, raw: Path, out: Path, options: dict, codes_from: Path | No
     if unknown:
         raise PrepareError(f"{dataset}: unknown prepare options {sorted(unknown)}; valid: {sorted(opts)}")
     opts.update(options)
+    if dataset == "ding-de-en" and codes_from is None:
+        raise PrepareError("ding-de-en is a test set only: pass --codes-from "
+                           "data/processed/<training dataset> to reuse its BPE and dictionary")
+    raw_fp = datacheck.raw_fingerprint(datacheck.verify_raw(raw, dataset))
     if dataset == "bible-de-en":
-        return prepare_bible(raw, out, opts, workers)
+        return prepare_bible(raw, out, opts, workers, raw_fp)
     if dataset == "ding-de-en":
-        if codes_from is None:
-            raise PrepareError("ding-de-en is a test set only: pass --codes-from "
-                               "data/processed/<training dataset> to reuse its BPE and dictionary")
-        return prepare_ding(raw, out, opts, codes_from, workers)
-    return prepare_iwslt14(raw, out, opts, workers)
+        return prepare_ding(raw, out, opts, codes_from, workers, raw_fp)
+    return prepare_iwslt14(raw, out, opts, workers, raw_fp)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -522,26 +533,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repl-dir", type=Path, default=Path("replications/powernorm"))
     parser.add_argument("--profile")
     args = parser.parse_args(argv)
-    try:
-        if args.write_options:
-            if not (args.profile and args.dataset):
-                parser.error("--write-options needs --profile and a dataset")
-            opts = profile_options(args.repl_dir, args.profile, args.dataset)
-            write_if_changed(args.write_options, yaml.safe_dump(opts, sort_keys=True))
-            return 0
-        if not (args.dataset and args.raw and args.out):
-            parser.error("give a dataset, --raw and --out")
-        options = {}
-        if args.options:
-            options.update(yaml.safe_load(args.options.read_text(encoding="utf-8")) or {})
-        if args.bpe_size is not None:
-            options["bpe_size"] = args.bpe_size
-        if args.max_pairs is not None:
-            options["max_pairs"] = args.max_pairs
-        manifest = run(args.dataset, args.raw, args.out, options, args.codes_from, args.workers)
-    except PrepareError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.write_options:
+        if not (args.profile and args.dataset):
+            parser.error("--write-options needs --profile and a dataset")
+        opts = profile_options(args.repl_dir, args.profile, args.dataset)
+        write_if_changed(args.write_options, yaml.safe_dump(opts, sort_keys=True))
+        return 0
+    if not (args.dataset and args.raw and args.out):
+        parser.error("give a dataset, --raw and --out")
+    options = {}
+    if args.options:
+        options.update(yaml.safe_load(args.options.read_text(encoding="utf-8")) or {})
+    if args.bpe_size is not None:
+        options["bpe_size"] = args.bpe_size
+    if args.max_pairs is not None:
+        options["max_pairs"] = args.max_pairs
+    manifest = run(args.dataset, args.raw, args.out, options, args.codes_from, args.workers)
     print(json.dumps({"out": str(args.out), **manifest["stats"]}, indent=1))
     return 0
 

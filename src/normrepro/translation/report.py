@@ -1,7 +1,9 @@
-"""Stage `report`: `results/powernorm/report.md` from the files under results/ and paper.yaml.
+"""Stage `report`: `results/powernorm/<profile>/report.md` from the files under results/ and paper.yaml.
 
-    python -m normrepro.translation.report --results results/powernorm [--datasets bible-de-en] \\
-        --paper replications/powernorm/paper.yaml --out results/powernorm/report.md
+    python -m normrepro.translation.report --results results/powernorm/<profile> \\
+        [--datasets bible-de-en] --paper replications/powernorm/paper.yaml \\
+        [--crosscheck results/powernorm/smoke/crosscheck.json] [--bench results/bench/powernorm-cpu.json] \\
+        --out results/powernorm/<profile>/report.md
 
 Every number is read from a file: the paper's from paper.yaml; ours from
 `<data>/summary.csv`, `<data>/runs.csv`, each run's config.yaml, train.json, final.json, env.json,
@@ -33,6 +35,7 @@ import pandas as pd
 
 from normrepro import report as rp
 from normrepro.config import ConfigError, load_yaml
+from normrepro.errors import cli
 from normrepro.io import read_json
 from normrepro.stats import format_pm
 from normrepro.summary import SUMMARY_COLUMNS, read_summary, resolve_run_dirs
@@ -363,7 +366,7 @@ def bench_section(path: Path) -> list[str]:
 
 
 def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path, figures_dir: Path,
-                 bench: Path) -> str:
+                 bench: Path, crosscheck: Path | None = None) -> str:
     paper = load_yaml(paper_path)
     meta = paper["paper"]
     theirs = paper["results"]["iwslt14"]
@@ -379,9 +382,9 @@ def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path
         text, info = dataset_section(results / ds, paper, out, figures_dir)
         sections.append(text)
         infos.append(info)
-    tail = crosscheck_section(results / "crosscheck.json") + bench_section(bench)
+    tail = crosscheck_section(crosscheck or results / "crosscheck.json") + bench_section(bench)
     tail += ["## Files", "",
-             "Per data folder `results/powernorm/<data>/`: `summary.csv`, `runs.csv` and `<arm>/seed<k>/` with "
+             f"Per data folder `{results}/<data>/`: `summary.csv`, `runs.csv` and `<arm>/seed<k>/` with "
              "`config.yaml` (resolved config), `metrics.csv` (per validation), `train.json`, `final.json` (BLEU, "
              "status, signatures), `env.json`, `hyps/` (hypotheses, line i = test sentence i).", "",
              "`summary.csv` columns:", "", rp.column_docs(SUMMARY_COLUMNS), "",
@@ -398,14 +401,16 @@ def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path
     return "\n".join(head + sections + tail)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", default="results/powernorm")
+    parser.add_argument("--results", required=True, help="results/powernorm/<profile>")
     parser.add_argument("--datasets", nargs="*", default=None, help="data folders (default: all with summary.csv)")
     parser.add_argument("--paper", default="replications/powernorm/paper.yaml")
     parser.add_argument("--figures", default=None, help="default: RESULTS/figures")
-    parser.add_argument("--bench", default="results/bench/powernorm.json")
+    parser.add_argument("--bench", default="results/bench/powernorm-cpu.json")
+    parser.add_argument("--crosscheck", default=None, help="default: RESULTS/crosscheck.json")
     parser.add_argument("--out", default=None, help="default: RESULTS/report.md")
     args = parser.parse_args(argv)
     results = Path(args.results)
@@ -416,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else results / "report.md"
     figures = Path(args.figures) if args.figures else results / "figures"
     try:
-        text = build_report(results, datasets, Path(args.paper), out, figures, Path(args.bench))
+        text = build_report(results, datasets, Path(args.paper), out, figures, Path(args.bench),
+                            Path(args.crosscheck) if args.crosscheck else None)
     except (FileNotFoundError, ConfigError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """Stage `summarize`: every run's final.json → `summary.csv` and `runs.csv` of one dataset.
 
-    python -m normrepro.translation.summarize --out results/powernorm/<data>/summary.csv \\
-        --runs results/powernorm/<data>/ln/seed1 ... [--root results/powernorm/<data>]
+    python -m normrepro.translation.summarize --out results/powernorm/<profile>/<data>/summary.csv \\
+        --runs results/powernorm/<profile>/<data>/ln/seed1 ... [--root results/powernorm/<profile>/<data>]
 
 Metrics (keys of final.json): `test_bleu_tok` (the paper's tokenized BLEU), `test_bleu_sacre`,
 and the same on every out-of-domain set present (`ding_bleu_tok`, ...). Per arm: n, mean, std,
@@ -19,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-from normrepro.summary import collect_runs, write_summary
+from normrepro.errors import cli
+from normrepro.summary import collect_runs, find_run_dirs, write_summary
 
 ARM_ORDER = ("ln", "bn", "bn_masked", "pn_v", "pn", "bn_dec", "pn_dec")
 BASE_METRICS = ("test_bleu_tok", "test_bleu_sacre")
@@ -51,7 +52,7 @@ def pairs_for(arms: list[str]) -> list[tuple[str, str]]:
 def summarize(out: str | Path, runs: list[str] | None = None, root: str | Path | None = None):
     out = Path(out)
     root = Path(root) if root else out.parent
-    run_dirs = [Path(r) for r in runs] if runs else sorted(p for p in root.glob("*/seed*") if p.is_dir())
+    run_dirs = [Path(r) for r in runs] if runs else find_run_dirs(root)  # not *.replaced-*
     keys = metric_keys(run_dirs)
     table = collect_runs(root, keys, run_dirs)
     if table.empty:
@@ -61,6 +62,7 @@ def summarize(out: str | Path, runs: list[str] | None = None, root: str | Path |
     return write_summary(table, keys, out, pairs=pairs_for(arms), arm_order=arms)
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.summarize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

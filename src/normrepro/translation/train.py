@@ -9,6 +9,11 @@ every validation, and finally `train.json` (status ok/diverged, updates, epochs,
 tokens/s), which marks the run as trained. If `train.json` is missing but `last.ckpt` exists, the
 run continues from it (same batches, same dropout masks, see `datamodule` and `module`).
 
+The prepared data is checked against its MANIFEST.json (file sizes and hashes) first. The run's
+stamp `checkpoints/config.yaml` holds the training-relevant config and the data's fingerprint
+(`normrepro.rundir`): when either changed, the old run is moved aside to `RUN_DIR.replaced-<time>/`
+and training starts over; an unreadable `last.ckpt` is set aside and training restarts.
+
 Stopping: `trainer.max_updates` (fairseq `--max-update`), `trainer.max_epochs`, early stopping
 after `trainer.early_stop_patience` validations without a lower validation loss. Validation runs
 every epoch, or every `trainer.val_every_updates` updates when that is set (short runs, where
@@ -21,25 +26,28 @@ through Lightning (`trainer.devices`), batches sharded by the data module's samp
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
-import yaml
 
-from normrepro.io import atomic_write_json, atomic_write_text
-from normrepro.translation.common import LOG, load_config, model_args, quiet_logging, run_paths, set_threads
+from normrepro import schema
+from normrepro.errors import UserError, cli
+from normrepro.io import atomic_write_json
+from normrepro.rundir import stamp_text, sync_stamp
+from normrepro.translation.common import (LOG, load_config, model_args, quiet_logging, run_paths,
+                                          set_threads, verified_data)
 
 
-# Config sections that do not change what training produces.
-NOT_TRAINING = ("eval", "report", "arms", "seeds", "ood", "prepare")
+# Config keys that do not change what training produces (changing them does not retrain).
+NOT_TRAINING = schema.NOT_TRAINING["powernorm"]
+# What an unfinished training leaves besides checkpoints/ (cleared when it starts over).
+PARTIAL = ("metrics.csv", "hyps")
 
 
 def _precision(value: str) -> str:
@@ -76,6 +84,10 @@ def build(cfg: dict, data_dir: Path, run_dir: Path, record: bool = True):
                                   every_n_train_steps=int(t.get("resume_every_updates") or 0) or None,
                                   enable_version_counter=False)
     callbacks = [recorder, resume_ckpt] if record else []
+    if record:
+        from normrepro.progress import training_progress
+
+        callbacks.append(training_progress(f"[train] {run_dir}"))
     if t.get("early_stop_patience") and record:
         callbacks.append(EarlyStopping("val_loss", patience=int(t["early_stop_patience"]), mode="min",
                                        check_finite=False))
@@ -156,6 +168,7 @@ def _stop_reason(trainer, cfg) -> str:
     return "max_epochs"
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     process_start = time.time()
     parser = argparse.ArgumentParser(prog="python -m normrepro.translation.train", description=__doc__,
@@ -166,29 +179,20 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logging()
     paths = run_paths(args.run_dir)
     if not paths["config"].is_file():
-        print(f"error: {paths['config']} not found; resolve the run config first "
-              "(python -m normrepro.config resolve ...)", file=sys.stderr)
-        return 2
-    # A run trained (or half trained) under a different config or data starts over instead of
-    # resuming. The stamp holds the training-relevant config (not eval/report settings, so that a
-    # new beam size re-evaluates without retraining) and the data manifest's hash.
-    stamp = paths["checkpoints"] / "config.yaml"
-    manifest = args.data / "MANIFEST.json"
-    data_id = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else "none"
+        raise UserError(f"{paths['config']} not found; resolve the run config first "
+                        "(make does; or python -m normrepro.config resolve ...)")
+    # A run trained (or half trained) under a different config or data is moved aside and
+    # started over instead of resumed. The stamp holds the training-relevant config (not
+    # eval/report settings, so that a new beam size re-evaluates without retraining) and the
+    # fingerprint of the data, whose files are checked against its manifest here.
     cfg = load_config(paths["config"])
-    relevant = {k: v for k, v in cfg.items() if k not in NOT_TRAINING}
-    config_text = yaml.safe_dump(relevant, sort_keys=True) + f"# data: {args.data} {data_id}\n"
-    if stamp.is_file() and stamp.read_text(encoding="utf-8") != config_text:
-        LOG.info("%s: config or data changed since the last training; starting over", args.run_dir)
-        shutil.rmtree(paths["checkpoints"])
-        paths["train"].unlink(missing_ok=True)
-        paths["metrics"].unlink(missing_ok=True)
-    elif paths["train"].is_file():
-        LOG.info("%s is already trained with this config and data (delete train.json to retrain)", args.run_dir)
+    _, fingerprint = verified_data(args.data)
+    state = sync_stamp(args.run_dir, stamp_text(cfg, NOT_TRAINING, fingerprint),
+                       finished=("train.json",), partial=PARTIAL)
+    if state == "done":
+        print(f"[train] {args.run_dir} is already trained with this config and data", flush=True)
         os.utime(paths["train"])  # tell make it is up to date
         return 0
-    paths["checkpoints"].mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, config_text)
     summary = train_run(args.run_dir, args.data, process_start)
     print(json.dumps(summary))
     return 0

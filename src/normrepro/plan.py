@@ -1,0 +1,419 @@
+"""Check a whole pipeline command first, then lock its results folder and hand over to make.
+
+    python -m normrepro.plan convnext|powernorm|insights --goal replicate|sweep|bench|crosscheck \\
+        --profile P [--dataset D] [--arms "A B"] [--seeds "0 1"] [--set "key=value ..."] \\
+        --what "make replicate-convnext ..." -- make _cx-replicate
+
+Every public make target of a pipeline runs this first. In order:
+
+1. Check everything the command says, before any file under results/ is touched: the profile,
+   every run config of the command (base ⊕ profile ⊕ arm ⊕ SET against the typed schema,
+   `normrepro.schema`: unknown keys with the closest valid one, types, norm and data set names),
+   the arms and seeds (ARMS=, SEEDS= or the profile's), the data set (DATASET=), and that the
+   raw files the data's MANIFEST.json lists are there. The first problem ends the command with
+   one line and exit status 2; nothing is written.
+2. Lock the results folder of the profile (`results/<replication>/<profile>/`, or
+   `results/bench/`; `normrepro.lock`): a second command for the same folder refuses.
+3. Write each run's `config.yaml` (only when it changed). A run whose training-relevant config
+   changed is moved aside to `seed<k>.replaced-<time>/` first (`normrepro.rundir`), with one line
+   saying so. Also the run list, the prepare options of the translation data, the stage arguments
+   of the insights pipeline, and the plan itself: `.plan-<goal>.mk` in the locked folder, the make
+   variables of this command (run folders, data paths, raw files).
+4. Become the make command given after `--` (exec), with `PLAN_FILE=<plan> PROFILE=<profile>`
+   (and `-jN` for the translation runs); the locked file descriptor is inherited by make and
+   everything it starts, so the lock lasts as long as any of them runs.
+
+Results of different profiles never share a folder: `results/<replication>/<profile>/...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from normrepro import schema
+from normrepro.config import (ConfigError, arm_path, dump, load_profile, profile_path, resolve,
+                              resolve_profile_name)
+from normrepro.errors import DataError, cli
+from normrepro.io import write_if_changed
+from normrepro.lock import FolderLock
+from normrepro.rundir import artefacts, describe_change, move_aside, parse_stamp, training_view
+
+REPLICATIONS = Path("replications")
+RESULTS = Path("results")
+DATA = Path("data")
+# At most this many raw files become make prerequisites (an image folder can hold thousands;
+# prepare checks them all against the manifest anyway).
+MAX_RAW_PREREQUISITES = 2000
+
+
+# ---------------------------------------------------------------------------------------------
+# checks of the command line
+
+def _words(value: str | None, what: str) -> list[str] | None:
+    """ARMS= / SEEDS= as a list; None when not given; an error when given empty."""
+    if value is None:
+        return None
+    words = value.replace(",", " ").split()
+    if not words:
+        raise ConfigError(f"{what} is empty; give at least one (e.g. {what}=\"0 1\") or leave it "
+                          "out to use the profile's")
+    if len(set(words)) != len(words):
+        raise ConfigError(f"{what}={value!r} names the same value twice")
+    return words
+
+
+def check_arms(repl: Path, arms: list[str], source: str) -> list[str]:
+    if not arms:
+        raise ConfigError(f"{source}: the list of arms is empty")
+    for arm in arms:
+        try:
+            arm_path(repl, arm)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return arms
+
+
+def check_seeds(seeds: list, source: str) -> list[int]:
+    if not seeds:
+        raise ConfigError(f"{source}: the list of seeds is empty")
+    out = []
+    for seed in seeds:
+        text = str(seed)
+        if isinstance(seed, bool) or not text.isdigit():
+            raise ConfigError(f"{source}: seed {seed!r} is not a non-negative integer")
+        out.append(int(text))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{source}: seeds {seeds} repeat a seed")
+    return out
+
+
+def check_dataset(replication: str, dataset: str) -> None:
+    layer = {"data": {"dataset": dataset}} if replication == "convnext" else {"dataset": dataset}
+    if not dataset:
+        raise ConfigError("DATASET is empty; give a data set name or leave it out")
+    schema.validate(layer, replication, "DATASET")
+
+
+def raw_prerequisites(raw: Path) -> list[str]:
+    """The raw files listed in `raw/MANIFEST.json` (all must exist), for make to depend on."""
+    manifest_path = raw / "MANIFEST.json"
+    if not manifest_path.is_file():
+        return []  # make fetches it first
+    from normrepro.datacheck import load_manifest
+
+    refetch = f"fetch it again: rm -r {raw} && make {manifest_path}"
+    manifest = load_manifest(manifest_path, refetch)
+    files = [raw / str(f.get("path")) for f in manifest.get("files") or []]
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"{f} is missing (listed in {manifest_path}); {refetch}")
+    if len(files) > MAX_RAW_PREREQUISITES:
+        return []
+    return [str(f) for f in files]
+
+
+def _drop_stale_stamp(path: Path, what: str) -> None:
+    """Processed data whose files no longer match its manifest (or whose manifest predates file
+    hashes) is derived data gone bad: remove the manifest, make's target, so it is prepared
+    again (from the raw data, which prepare checks). Sizes are checked always, hashes only
+    for files changed since they were last hashed."""
+    if not path.is_file():
+        return
+    import json
+
+    from normrepro.datacheck import verify_processed
+
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        verify_processed(path.parent, manifest if isinstance(manifest, dict) else {}, path,
+                         f"{what} is prepared again")
+    except (ValueError, DataError) as exc:
+        print(f"[plan] {exc}", flush=True)
+        path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# run folders
+
+def sync_run_config(run: Path, cfg: dict, not_training) -> None:
+    """Write `run/config.yaml`; a run trained under another training config is moved aside."""
+    text = dump(cfg)
+    config = run / "config.yaml"
+    if config.is_file() and config.read_text(encoding="utf-8") == text:
+        return
+    if artefacts(run):
+        stamp = run / "checkpoints" / "config.yaml"
+        old_view = None
+        if stamp.is_file():
+            old_view, _ = parse_stamp(stamp.read_text(encoding="utf-8"))
+        elif config.is_file():
+            import yaml
+
+            try:
+                old_view = training_view(yaml.safe_load(config.read_text(encoding="utf-8")) or {},
+                                         not_training)
+            except yaml.YAMLError:
+                old_view = None
+        new_view = training_view(cfg, not_training)
+        if old_view != new_view:
+            move_aside(run, describe_change(old_view, new_view), "[plan]", keep_config=False)
+    write_if_changed(config, text)
+
+
+def _mk(name: str, value) -> str:
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(v) for v in value)
+    return f"{name} := {value}\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipelines
+
+class Plan:
+    """What one command does: the lock folder, the files to write, the make variables."""
+
+    def __init__(self, lock_folder: Path, plan_name: str):
+        self.lock_folder = lock_folder
+        self.plan_file = lock_folder / plan_name
+        self.variables: list[tuple[str, object]] = []
+        self.runs: list[tuple[Path, dict, tuple]] = []   # (run folder, config, not-training keys)
+        self.texts: list[tuple[Path, str]] = []          # other files, written when changed
+        self.stale: list[tuple[Path, str]] = []          # processed manifests to check
+        self.jobs = 1
+
+    def var(self, name: str, value) -> None:
+        self.variables.append((name, value))
+
+    def write(self) -> None:
+        for path, what in self.stale:
+            _drop_stale_stamp(path, what)
+        for run, cfg, not_training in self.runs:
+            sync_run_config(run, cfg, not_training)
+        for path, text in self.texts:
+            write_if_changed(path, text)
+        body = "# Written by python -m normrepro.plan; the variables of one checked command.\n"
+        body += "".join(_mk(k, v) for k, v in self.variables)
+        write_if_changed(self.plan_file, body)
+
+
+def _set_args(overrides: list[str]) -> str:
+    return " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+
+
+def plan_convnext(args, overrides: list[str]) -> Plan:
+    repl = REPLICATIONS / "convnext"
+    profile = resolve_profile_name(args.profile)
+    profile_path(repl, profile)
+    if args.dataset is not None:
+        check_dataset("convnext", args.dataset)
+        overrides = overrides + [f"data.dataset={args.dataset}"]
+    prof = load_profile(repl, profile, overrides)
+    dataset = prof["data"]["dataset"]
+    root = RESULTS / "convnext" / profile
+    res = root / dataset
+    raw = DATA / "raw" / dataset
+    processed = Path(prof["data"].get("processed_root", "data/processed")) / dataset
+    goal = args.goal
+    plan = Plan(RESULTS / "bench" if goal == "bench" else root, f".plan-{goal}.mk")
+    arms = check_arms(repl, _words(args.arms, "ARMS") or list(prof.get("arms") or []),
+                      "ARMS" if args.arms is not None else f"{repl}/profiles/{profile}.yaml arms")
+    runs = []
+    if goal == "replicate":
+        seeds = check_seeds(_words(args.seeds, "SEEDS") or list(prof.get("seeds") or []),
+                            "SEEDS" if args.seeds is not None else
+                            f"{repl}/profiles/{profile}.yaml seeds")
+        for arm in arms:
+            for seed in seeds:
+                cfg = schema.check_run(resolve(repl, profile, arm, seed, overrides), "convnext",
+                                       f"{repl} (profile {profile}, arm {arm}, seed {seed})")
+                run = res / arm / f"seed{seed}"
+                plan.runs.append((run, cfg, schema.NOT_TRAINING["convnext"]))
+                runs.append(str(run))
+        plan.texts.append((res / "run-list.txt", "".join(r + "\n" for r in runs)))
+        plan.var("CX_SEEDS", seeds)
+    elif goal == "sweep":
+        from normrepro.convnext.sweep import sweep_settings
+
+        sweep_settings(prof)
+    raw_files = raw_prerequisites(raw)
+    plan.stale.append((processed / "prepared.json", str(processed)))
+    for name, value in (("CX_DATASET", dataset), ("CX_ARMS", arms), ("CX_ROOT", root),
+                        ("CX_RES", res), ("CX_RUNS", runs), ("CX_RAW", raw / "MANIFEST.json"),
+                        ("CX_RAW_FILES", raw_files), ("CX_PREP", processed / "prepared.json"),
+                        ("CX_SET", _set_args(overrides))):
+        plan.var(name, value)
+    return plan
+
+
+def _pn_data(repl: Path, profile: str, prof: dict, overrides: list[str], plan: Plan) -> dict:
+    """Variables and option files of the translation data of a profile (training + OOD sets)."""
+    from normrepro.translation.prepare import profile_options
+
+    dataset = prof["dataset"]
+    variant = prof.get("data_variant") or ""
+    name = dataset + (f"-{variant}" if variant else "")
+    data = DATA / "processed" / name
+    ood = list(prof.get("ood") or [])
+    for ds in [dataset, *ood]:
+        options = profile_options(repl, profile, ds, overrides)
+        import yaml
+
+        plan.texts.append((DATA / "processed" / f"{name}.{ds}.options.yaml",
+                           yaml.safe_dump(options, sort_keys=True)))
+    plan.stale.append((data / "MANIFEST.json", str(data)))
+    for ds in ood:
+        plan.stale.append((data / f"ood-{ds}" / "MANIFEST.json", str(data / f"ood-{ds}")))
+    values = {"PN_DATASET": dataset, "PN_NAME": name, "PN_DATA": data, "PN_OOD": ood,
+              "PN_OOD_DIRS": [data / f"ood-{ds}" for ds in ood],
+              "PN_RAW_FILES": raw_prerequisites(DATA / "raw" / dataset),
+              "PN_OOD_RAW_FILES": [f for ds in ood for f in raw_prerequisites(DATA / "raw" / ds)]}
+    for k, v in values.items():
+        plan.var(k, v)
+    return values
+
+
+def plan_powernorm(args, overrides: list[str]) -> Plan:
+    repl = REPLICATIONS / "powernorm"
+    profile = resolve_profile_name(args.profile)
+    profile_path(repl, profile)
+    if args.dataset is not None:
+        check_dataset("powernorm", args.dataset)
+        overrides = overrides + [f"dataset={args.dataset}"]
+    prof = load_profile(repl, profile, overrides)
+    root = RESULTS / "powernorm" / profile
+    goal = args.goal
+    plan = Plan(RESULTS / "bench" if goal == "bench" else root, f".plan-{goal}.mk")
+    data = _pn_data(repl, profile, prof, overrides, plan)
+    res = root / data["PN_NAME"]
+    runs = []
+    if goal == "replicate":
+        arms = check_arms(repl, _words(args.arms, "ARMS") or list(prof.get("arms") or []),
+                          "ARMS" if args.arms is not None else f"{repl}/profiles/{profile}.yaml arms")
+        seeds = check_seeds(_words(args.seeds, "SEEDS") or list(prof.get("seeds") or []),
+                            "SEEDS" if args.seeds is not None else
+                            f"{repl}/profiles/{profile}.yaml seeds")
+        for arm in arms:
+            for seed in seeds:
+                cfg = resolve(repl, profile, arm, seed, overrides)
+                run = res / arm / f"seed{seed}"
+                plan.runs.append((run, cfg, schema.NOT_TRAINING["powernorm"]))
+                runs.append(str(run))
+        plan.texts.append((res / "runs.list", "".join(r + "\n" for r in runs)))
+        plan.var("PN_ARMS", arms)
+        plan.var("PN_SEEDS", seeds)
+        plan.jobs = int(prof.get("parallel_runs") or 1)
+    elif args.arms is not None or args.seeds is not None:
+        raise ConfigError(f"the {goal} of powernorm takes no ARMS/SEEDS")
+    for name, value in (("PN_ROOT", root), ("PN_RES", res), ("PN_RUNS", runs),
+                        ("PN_KEEP", prof["trainer"]["keep_snapshots"]),
+                        ("PN_SET", _set_args(overrides))):
+        plan.var(name, value)
+    return plan
+
+
+def plan_insights(args, overrides: list[str]) -> Plan:
+    from normrepro.insights import runs as ins_runs
+
+    for value, what in ((args.dataset, "DATASET"), (args.arms, "ARMS"), (args.seeds, "SEEDS")):
+        if value is not None:
+            raise ConfigError(f"make replicate-insights takes no {what}: its runs are set in "
+                              "replications/insights/profiles/<profile>.yaml")
+    repl = REPLICATIONS / "insights"
+    profile = resolve_profile_name(args.profile)
+    profile_path(repl, profile)
+    prof = load_profile(repl, profile, overrides)
+    for upstream, name in prof["upstream"].items():
+        profile_path(REPLICATIONS / upstream, name)
+    root = RESULTS / "insights" / profile
+    plan = Plan(root, ".plan-replicate.mk")
+    configs = {}
+    for run in sorted(prof["runs"]):
+        cfg = ins_runs.resolve_run(profile, run, repl, overrides)
+        if cfg["replication"] == "convnext":
+            cfg = schema.check_run(cfg, "convnext", f"{repl} run {run}")
+        configs[run] = cfg
+        plan.runs.append((root / "runs" / run, cfg, schema.NOT_TRAINING[cfg["replication"]]))
+    for stage in ("causal", "axes", "sync_cost", "padding"):
+        plan.texts.append((root / stage / "args.txt",
+                           ins_runs.stage_args(profile, stage, repl, overrides) + "\n"))
+    image = configs["image-bn"]
+    text = configs["text-bn"]
+    cx_dataset = image["data"]["dataset"]
+    cx_processed = Path(image["data"].get("processed_root", "data/processed")) / cx_dataset
+    plan.stale.append((cx_processed / "prepared.json", str(cx_processed)))
+    pn_repl = REPLICATIONS / "powernorm"
+    pn_prof = load_profile(pn_repl, prof["upstream"]["powernorm"])
+    pn_prof["ood"] = []  # the insights runs need the training data only
+    data = _pn_data(pn_repl, prof["upstream"]["powernorm"], pn_prof, [], plan)
+    if Path(ins_runs.data_dir(text)) != data["PN_DATA"]:
+        raise ConfigError(f"{repl}: the text runs read {ins_runs.data_dir(text)}, not "
+                          f"{data['PN_DATA']}; keep `dataset`/`data_variant` of the upstream "
+                          "powernorm profile")
+    for name, value in (("INS_RES", root), ("INS_RUNS", root / "runs"),
+                        ("INS_IMG_DATA", cx_processed), ("INS_TXT_DATA", data["PN_DATA"]),
+                        ("CX_DATASET", cx_dataset), ("CX_RAW", DATA / "raw" / cx_dataset / "MANIFEST.json"),
+                        ("CX_RAW_FILES", raw_prerequisites(DATA / "raw" / cx_dataset)),
+                        ("CX_PREP", cx_processed / "prepared.json")):
+        plan.var(name, value)
+    return plan
+
+
+PLANNERS = {"convnext": plan_convnext, "powernorm": plan_powernorm, "insights": plan_insights}
+GOALS = {"convnext": ("replicate", "sweep", "bench"),
+         "powernorm": ("replicate", "crosscheck", "bench"), "insights": ("replicate",)}
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
+    parser = argparse.ArgumentParser(prog="python -m normrepro.plan", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("replication", choices=sorted(PLANNERS))
+    parser.add_argument("--goal", default="replicate")
+    parser.add_argument("--profile", default="auto")
+    parser.add_argument("--dataset", default=None, help="DATASET (only when given)")
+    parser.add_argument("--arms", default=None, help="ARMS (only when given)")
+    parser.add_argument("--seeds", default=None, help="SEEDS (only when given)")
+    parser.add_argument("--set", default="", help="SET: space-separated key=value overrides")
+    parser.add_argument("--what", default="", help="the command, for the lock holder's note")
+    parser.add_argument("--check", action="store_true", help="check only: write and run nothing")
+    args = parser.parse_args(argv)
+    if args.goal not in GOALS[args.replication]:
+        raise ConfigError(f"goal {args.goal!r} does not exist for {args.replication}; "
+                          f"choose from {', '.join(GOALS[args.replication])}")
+    try:
+        overrides = shlex.split(args.set or "")
+    except ValueError as exc:
+        raise ConfigError(f"SET={args.set!r} cannot be split into key=value words ({exc})") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"SET item {item!r} must look like key.sub=value")
+    plan = PLANNERS[args.replication](args, overrides)
+    if args.check:
+        return 0
+    what = args.what or f"make {args.goal}-{args.replication}"
+    lock = FolderLock(plan.lock_folder, what).acquire()
+    plan.write()
+    if not command:
+        print(plan.plan_file)
+        return 0
+    extra = [f"PLAN_FILE={plan.plan_file}", f"PROFILE={resolve_profile_name(args.profile)}"]
+    jobs = [f"-j{plan.jobs}"] if plan.jobs > 1 else []
+    # make takes this process's place and inherits the locked descriptor (as does everything it
+    # starts): the lock lasts as long as any of them runs, and no Python stays behind waiting.
+    os.set_inheritable(lock.fd, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(command[0], [command[0], *jobs, *command[1:], *extra])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
