@@ -71,5 +71,8 @@ data/raw/%/MANIFEST.json: | $(SETUP)
 # pipeline, which lives next to its configs.
 ifdef PLAN_FILE
 include $(PLAN_FILE)
+# Library deprecation warnings are noise in a pipeline's log (some fire at import, before a
+# stage can filter them); the stages silence the rest (normrepro.progress.quiet_libraries).
+export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning
 endif
 -include replications/*/pipeline.mk

@@ -34,8 +34,16 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # DDP on CPU with channels-last BatchNorm models (normrepro.convnext.module.memory_format):
+    # torch says it "may impair performance", once per bucket and process.
+    warnings.filterwarnings("ignore", message=r".*Grad strides do not match bucket view strides.*")
     for name in _LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # torch.compile on a CPU-only machine: "No CUDA runtime is found, using CUDA_HOME=..."
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if not live_terminal(sys.stderr):
+        # Libraries' tqdm bars (subword-nmt's BPE learning) are carriage-return frames in a log.
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def _fmt_time(seconds: float) -> str:

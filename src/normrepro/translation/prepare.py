@@ -122,6 +122,10 @@ def learn_joint_bpe(train_files: Iterable[Path], codes: Path, num_symbols: int) 
     """Learn `num_symbols` BPE merges on the concatenation of the training files of both sides."""
     from subword_nmt.learn_bpe import learn_bpe
 
+    from normrepro.progress import quiet_libraries
+
+    quiet_libraries()  # no tqdm frames in logs
+
     text = "".join(Path(f).read_text(encoding="utf-8") for f in train_files)
     import io
 

@@ -90,10 +90,6 @@ def verdict(test: str, d: float, lo: float, hi: float, margin: float, n_pairs: i
     return "inconclusive", f"inconclusive: the interval contains 0 and losses beyond {margin:g} BLEU"
 
 
-def _signed(x, digits: int = 2) -> str:
-    x = float(x)
-    return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
-
 def _proxy_text(cfg: dict, data_name: str, details: list) -> str:
     """The regime a verdict was measured in: corpus, model size, updates, profile."""
     m = cfg.get("model", {})
@@ -103,6 +99,10 @@ def _proxy_text(cfg: dict, data_name: str, details: list) -> str:
             f"d{m.get('encoder_embed_dim')}, {'/'.join(map(str, updates)) or 'n/a'} updates, "
             f"profile `{cfg.get('profile', 'n/a')}`")
 
+
+def _signed(x, digits: int = 2) -> str:
+    x = float(x)
+    return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
 
 
 def _get(cfg: dict, dotted: str):
