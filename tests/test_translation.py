@@ -566,9 +566,13 @@ def test_interrupted_training_resumes_exactly(tiny_data, tmp_path):
     import yaml
 
     (tmp_path / "part" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    from normrepro.translation.recompute_stats import recompute_run
+
+    assert recompute_run(tmp_path / "part", tiny_data)["status"] == "ok"  # PowerNorm's running ψ²
     final = evaluate_run(tmp_path / "part", tiny_data, [tiny_data / "ood-toy-de-en"])
     assert final["status"] == "ok" and final["sets"]["test"]["sentences"] == 13
-    assert set(final) >= {"test_bleu_tok", "test_bleu_sacre", "toy_bleu_tok", "toy_bleu_sacre"}
+    assert set(final) >= {"test_bleu_tok", "test_bleu_sacre", "toy_bleu_tok", "toy_bleu_sacre",
+                          "test_avgstats_bleu_tok", "test_avgstats_bleu_sacre"}
     assert (tmp_path / "part" / "env.json").is_file()
 
 

@@ -12,7 +12,11 @@
 #                                                                         config moved aside first)
 #       .../train.json                                    train          (resumes if interrupted)
 #       .../checkpoints/averaged.pt                       average        (last N snapshots)
-#       .../final.json                                    evaluate       (beam 5, BLEU two ways)
+#       .../checkpoints/running_stats.pt                  recompute_stats (BN/PN running statistics
+#                                                                         for the averaged weights)
+#       .../final.json                                    evaluate       (beam 5, BLEU two ways;
+#                                                                         recomputed statistics primary,
+#                                                                         averaged ones secondary)
 #     <data>/summary.csv                                  summarize
 #     figures/<data>-*.{png,pdf}                          plot
 #     report.md                                           report
@@ -76,7 +80,7 @@ PN_CROSSCHECK := results/powernorm/$(CROSSCHECK_PROFILE)/crosscheck.json
 PN_BENCH := results/bench/powernorm-$(PROFILE).json
 
 # Intermediate files of the pattern chains: keep them (make would delete them after the build).
-.SECONDARY: $(foreach r,$(PN_RUNS),$(r)/checkpoints/averaged.pt)
+.SECONDARY: $(foreach r,$(PN_RUNS),$(r)/checkpoints/averaged.pt $(r)/checkpoints/running_stats.pt)
 
 _pn-replicate: $(PN_ROOT)/report.md
 	@echo "[powernorm] report: $(PN_ROOT)/report.md (data: $(PN_NAME), arms: $(PN_ARMS), seeds: $(PN_SEEDS))"
@@ -87,7 +91,12 @@ $(PN_RES)/%/train.json: $(PN_RES)/%/config.yaml $(PN_DATA)/MANIFEST.json
 $(PN_RES)/%/checkpoints/averaged.pt: $(PN_RES)/%/train.json
 	$(PY) -m normrepro.translation.average $(PN_RES)/$* --last $(PN_KEEP)
 
-$(PN_RES)/%/final.json: $(PN_RES)/%/checkpoints/averaged.pt $(addsuffix /MANIFEST.json,$(PN_OOD_DIRS))
+# Cheap for LayerNorm runs (no running statistics: no forward pass); forward passes only otherwise.
+$(PN_RES)/%/checkpoints/running_stats.pt: $(PN_RES)/%/checkpoints/averaged.pt
+	$(PY) -m normrepro.translation.recompute_stats $(PN_RES)/$* --data $(PN_DATA)
+
+$(PN_RES)/%/final.json: $(PN_RES)/%/checkpoints/running_stats.pt $(PN_RES)/%/checkpoints/averaged.pt \
+		$(addsuffix /MANIFEST.json,$(PN_OOD_DIRS))
 	$(PY) -m normrepro.translation.evaluate $(PN_RES)/$* --data $(PN_DATA) $(addprefix --ood ,$(PN_OOD_DIRS))
 
 # The list of runs of this command (written by the plan): the summary is redone when it changes.

@@ -334,6 +334,7 @@ class PnEval:
     batch_size: PosInt
     max_len_a: NonNegFloat
     max_len_b: NonNegInt
+    recompute_stats_batches: NonNegInt   # BN/PN running statistics recomputed on K training batches (0 = off)
 
 
 @dataclass

@@ -5,7 +5,9 @@ Stages, each a `python -m normrepro.translation.<stage>` with explicit inputs an
 * `prepare`   raw corpus → Moses tokens → joint BPE → fairseq-binarized data (+ raw references)
 * `train`     one arm × seed with Lightning around fairseq's model and data pieces
 * `average`   the last N weight snapshots of a run → `averaged.pt`
+* `recompute_stats`  BN/PN running statistics for the averaged weights → `running_stats.pt`
 * `evaluate`  beam search with fairseq's `SequenceGenerator`, tokenized BLEU and sacreBLEU
+  (recomputed running statistics primary, averaged ones secondary)
 * `summarize` per-dataset `summary.csv` and `runs.csv` (statistics of `normrepro.summary`)
 * `plot`, `report`  figures and `results/powernorm/<profile>/report.md`
 * `crosscheck`, `bench`  the same arm trained by `fairseq-train` vs the Lightning module

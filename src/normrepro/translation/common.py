@@ -74,8 +74,8 @@ def run_paths(run_dir: str | Path) -> dict[str, Path]:
     run = Path(run_dir)
     ck = run / "checkpoints"
     return {"run": run, "config": run / "config.yaml", "checkpoints": ck, "last": ck / "last.ckpt",
-            "averaged": ck / "averaged.pt", "train": run / "train.json", "metrics": run / "metrics.csv",
-            "final": run / "final.json", "env": run / "env.json", "hyps": run / "hyps"}
+            "averaged": ck / "averaged.pt", "running_stats": ck / "running_stats.pt", "train": run / "train.json",
+            "metrics": run / "metrics.csv", "final": run / "final.json", "env": run / "env.json", "hyps": run / "hyps"}
 
 
 def snapshot_paths(run_dir: str | Path) -> list[Path]:

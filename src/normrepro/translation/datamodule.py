@@ -164,6 +164,15 @@ def batch_loader(dataset: LanguagePairDataset, sampler: ShardedBatchSampler, num
                num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
+def datamodule_from_config(data_dir: str | Path, cfg: dict) -> "TranslationDataModule":
+    """The data module of a resolved run config (its batching and seed), as training builds it."""
+    d = cfg["data"]
+    return TranslationDataModule(data_dir, max_tokens=d["max_tokens"], max_sentences=d.get("max_sentences"),
+                                 seed=int(cfg["seed"]), train_max_positions=d.get("train_max_positions"),
+                                 num_workers=int(d.get("num_workers", 0)),
+                                 required_batch_size_multiple=int(d.get("required_batch_size_multiple") or 1))
+
+
 class TranslationDataModule(L.LightningDataModule):
     """Train/valid loaders of a prepared dataset (`data_dir` from `normrepro.translation.prepare`).
 

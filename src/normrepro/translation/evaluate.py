@@ -20,10 +20,26 @@ Two BLEU scores per test set:
   default 13a tokenization; case-insensitive because the models are trained on lowercased text
   (the signature says `c:lc`).
 
+Running statistics (BN/PN arms). The averaged checkpoint is scored twice when
+`eval.recompute_stats_batches` > 0 (the default):
+
+* **primary**: the averaged weights with the running statistics recomputed for them on training
+  batches (`checkpoints/running_stats.pt` from the `recompute_stats` stage, SWA's `update_bn`), on
+  every test set. Averaged running statistics were gathered under other weights than the averaged
+  ones, a handicap of the BN-family arms only; recomputing them is what SWA does and gives every
+  arm a checkpoint whose statistics belong to its weights.
+* **secondary**: the averaged checkpoint as it is, statistics averaged like the weights (fairseq's
+  `average_checkpoints.py`, the paper's procedure), on the test set only: `test_avgstats_bleu_tok`
+  and `test_avgstats_bleu_sacre`, hypotheses under `hyps/averaged_stats/`. A model without running
+  statistics (LayerNorm) is the same model both ways: its result is copied, not recomputed.
+
+`--checkpoint` scores the given weights alone, as they are.
+
 Writes `hyps/<set>.{tok,detok}.txt` (line i = sentence i; sets `test` and one per OOD folder,
 `ood-ding-de-en` -> `ding`) and `final.json`: status ok/diverged, `<set>_bleu_tok` and
-`<set>_bleu_sacre` at the top level (what `normrepro.summary` reads), details and signatures per
-set under `sets`, the training summary under `train`; plus `env.json`.
+`<set>_bleu_sacre` (primary) and `test_avgstats_bleu_*` (secondary) at the top level (what
+`normrepro.summary` reads), details and signatures per set under `sets`, both treatments of the
+running statistics under `running_stats`, the training summary under `train`; plus `env.json`.
 A diverged run (non-finite loss, see `train.json`) is recorded with BLEU null, not an error.
 The data folders are checked against their manifests first, and must be the data the run was
 trained on (the fingerprint in its stamp); beam search reports its progress with an ETA.
@@ -45,6 +61,11 @@ from normrepro.errors import DataError, UserError, cli
 from normrepro.io import atomic_write_json, atomic_write_text, read_json
 from normrepro.translation.common import (LOG, load_config, load_weights, model_args, quiet_logging,
                                           run_paths, set_threads, verified_data)
+
+
+# Infix of the secondary result's keys: `test_avgstats_bleu_tok` = the averaged checkpoint with its
+# averaged (not recomputed) running statistics.
+AVGSTATS = "avgstats"
 
 
 def tokenized_bleu(hyps: list[str], refs: list[str]):
@@ -188,6 +209,9 @@ def set_key(folder: str | Path) -> str:
 
 def evaluate_run(run_dir: Path, data_dir: Path, ood_dirs: list[Path], checkpoint: Optional[Path] = None,
                  device: Optional[torch.device] = None, process_start: Optional[float] = None) -> dict:
+    """Score the run (module docstring). With `checkpoint`, only those weights, as they are."""
+    from normrepro.translation.recompute_stats import apply_running_stats, load_running_stats, stats_batches
+
     started = process_start or time.time()
     paths = run_paths(run_dir)
     cfg = load_config(paths["config"])
@@ -197,28 +221,51 @@ def evaluate_run(run_dir: Path, data_dir: Path, ood_dirs: list[Path], checkpoint
              "dataset": str(data_dir.name), "train": train, "status": train.get("status", "ok")}
     sets = {"test": data_dir} | {set_key(d): Path(d) for d in ood_dirs}
     final["sets"] = {}
+    # Both ways of treating the running statistics (primary: recomputed for the averaged weights).
+    both = checkpoint is None and stats_batches(cfg) > 0
+    secondary = None
     if final["status"] == "diverged":
         LOG.warning("%s diverged during training; recording BLEU as null", run_dir)
         for name in sets:
             final["sets"][name] = {"bleu_tok": None, "bleu_sacre": None, "data": str(sets[name])}
+        if both:
+            secondary = {"bleu_tok": None, "bleu_sacre": None}
     else:
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, dictionary, _, state = load_model(run_dir, data_dir, checkpoint, device)
         final["checkpoint"] = {"path": str(checkpoint or paths["averaged"]),
                                "averaged": state.get("averaged", []), "updates": state.get("updates", [])}
+        args = (int(ev.get("beam", 5)), float(ev.get("lenpen", 1.0)), int(ev.get("batch_size", 128)), device,
+                float(ev.get("max_len_a", 0)), int(ev.get("max_len_b", 200)))
+        if both:
+            stats = load_running_stats(paths["running_stats"], paths["averaged"])
+            model.load_state_dict(apply_running_stats(state["model"], stats), strict=True)
+            final["running_stats"] = {
+                "primary": "recomputed", "secondary": "averaged",
+                "recomputed": {k: stats.get(k) for k in ("status", "batches", "requested_batches", "sentences",
+                                                         "target_tokens", "modules", "seed", "seconds")}}
         for name, folder in sets.items():
-            final["sets"][name] = evaluate_set(model, dictionary, folder, paths["hyps"], name,
-                                               int(ev.get("beam", 5)), float(ev.get("lenpen", 1.0)),
-                                               int(ev.get("batch_size", 128)), device,
-                                               float(ev.get("max_len_a", 0)), int(ev.get("max_len_b", 200)))
+            final["sets"][name] = evaluate_set(model, dictionary, folder, paths["hyps"], name, *args)
             if not all(math.isfinite(final["sets"][name][k]) for k in ("bleu_tok", "bleu_sacre")):
                 final["status"] = "diverged"
+        if both:
+            if stats.get("buffers"):
+                model.load_state_dict(state["model"], strict=True)
+                secondary = evaluate_set(model, dictionary, data_dir, paths["hyps"] / "averaged_stats", "test", *args)
+                same = False
+            else:
+                # No running statistics (LayerNorm) or none recomputed: the very same model.
+                secondary, same = dict(final["sets"]["test"]), True
+            final["running_stats"]["averaged"] = {"sets": {"test": secondary}, "same_as_primary": same}
         final["bleu_tok_signature"] = final["sets"]["test"]["bleu_tok_signature"]
         final["bleu_sacre_signature"] = final["sets"]["test"]["bleu_sacre_signature"]
     # Flat keys for the generic summary (normrepro.summary reads numbers at the top level).
     for name, res in final["sets"].items():
         final[f"{name}_bleu_tok"] = res["bleu_tok"]
         final[f"{name}_bleu_sacre"] = res["bleu_sacre"]
+    if secondary is not None:
+        final[f"test_{AVGSTATS}_bleu_tok"] = secondary["bleu_tok"]
+        final[f"test_{AVGSTATS}_bleu_sacre"] = secondary["bleu_sacre"]
     final["eval_seconds"] = round(time.time() - started, 1)
     atomic_write_json(paths["final"], final)
     from normrepro.provenance import write_env_json
@@ -255,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="prepared training dataset folder")
     parser.add_argument("--ood", type=Path, action="append", default=[],
                         help="extra prepared test-only folder (e.g. .../ood-ding-de-en); repeatable")
-    parser.add_argument("--checkpoint", type=Path, help="weights to evaluate (default checkpoints/averaged.pt)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="evaluate these weights alone, as they are (default: checkpoints/averaged.pt with "
+                             "recomputed and with averaged running statistics)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: trainer.threads of the run)")
     args = parser.parse_args(argv)
     quiet_logging()

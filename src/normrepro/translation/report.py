@@ -37,10 +37,11 @@ from normrepro import report as rp
 from normrepro.config import ConfigError, load_yaml
 from normrepro.errors import cli
 from normrepro.io import read_json
-from normrepro.stats import format_pm
+from normrepro.stats import format_pm, paired_diff_ci
 from normrepro.summary import SUMMARY_COLUMNS, read_summary, resolve_run_dirs
 from normrepro.translation.common import METRIC_COLUMNS
 from normrepro.translation.plot import figure_paths, paper_results
+from normrepro.translation.summarize import AVGSTATS_METRICS
 
 NORM_TEXT = {"layer": "LayerNorm", "batch": "textbook masked BatchNorm",
              "bn_official": "BatchNorm of the released PowerNorm code (MaskSyncBatchNorm)", "power_vanilla": "PowerNorm-vanilla",
@@ -63,6 +64,9 @@ RUNS_COLUMNS = {
     "test_bleu_tok": "test tokenized BLEU (the paper's metric)",
     "test_bleu_sacre": "test sacreBLEU, detokenized, case-insensitive",
     "<ood>_bleu_tok / _sacre": "the same on an out-of-domain test set (ding = Ding dictionary sentences)",
+    "test_avgstats_bleu_tok / _sacre": "secondary: test BLEU of the averaged checkpoint with its averaged running "
+                                       "statistics (the paper's procedure); the columns above use running statistics "
+                                       "recomputed for the averaged weights (equal for LayerNorm, which has none)",
     "run_dir": "run folder relative to the data folder",
 }
 
@@ -180,6 +184,11 @@ def _deviations(paper: dict, cfg: dict, data_name: str, manifest: dict, details:
     if t.get("val_every_updates"):
         out.append(f"snapshots (and the averaged last {t.get('keep_snapshots')}) are taken every "
                    f"{t['val_every_updates']} updates instead of at epoch ends")
+    if int(_get(cfg, "eval.recompute_stats_batches") or 0) > 0:
+        out.append("primary evaluation with the BN/PN running statistics of the averaged checkpoint recomputed for "
+                   "the averaged weights on training batches (SWA's `update_bn`); the paper's procedure (fairseq's "
+                   "`average_checkpoints.py`) keeps the averaged statistics, reported here as the secondary "
+                   "evaluation")
     if (manifest.get("options") or {}).get("subset"):
         out.append(f"a subset of the corpus: {manifest['options']['subset']} sentences (max "
                    f"{manifest['options'].get('max_words')} words)")
@@ -231,7 +240,7 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         f"(PowerNorm warm-up the same), weight decay {o['weight_decay']:g}, label smoothing {o['label_smoothing']}, "
         f"clip-norm {o.get('clip_norm')}; checkpoint = average of the last {t.get('keep_snapshots')} snapshots.",
         f"- **Evaluation**: beam {cfg['eval']['beam']}, length penalty {cfg['eval']['lenpen']}, every test "
-        "sentence translated once (asserted).",
+        "sentence translated once (asserted). " + _stats_text(cfg),
         "- **Seeds**: " + "; ".join(f"{arm}: {', '.join(map(str, s))}" for arm, s in seeds.items())
         + f" (profile `{cfg.get('profile')}`).",
         rp.environment_section([d["dir"] / "env.json" for d in details], what="runs (train + evaluate)"),
@@ -241,7 +250,7 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         "",
     ]
     # ---- results per arm
-    metrics = [c for c in runs.columns if c.endswith(("_bleu_tok", "_bleu_sacre"))]
+    metrics = [c for c in runs.columns if c.endswith(("_bleu_tok", "_bleu_sacre")) and c not in AVGSTATS_METRICS]
     by = {k: summary[(summary["metric"] == k)].set_index("name") for k in metrics}
     rows = []
     for arm in by["test_bleu_tok"][by["test_bleu_tok"]["kind"] == "arm"].index:
@@ -253,7 +262,9 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
             row[k.replace("_bleu_tok", " BLEU (tok)").replace("_bleu_sacre", " sacreBLEU")] = format_pm(rr["mean"], rr["ci_half"])
         row["status"] = r["status"]
         rows.append(row)
-    lines += ["### Results (averaged checkpoint)", "", rp.markdown_table(rows), ""]
+    recomputed = AVGSTATS_METRICS[0] in runs.columns
+    lines += ["### Results (averaged checkpoint" + (", running statistics recomputed: primary" if recomputed else "")
+              + ")", "", rp.markdown_table(rows), ""]
     diff_rows = []
     for name in by["test_bleu_tok"][by["test_bleu_tok"]["kind"] == "diff"].index:
         row = {"difference": name}
@@ -311,6 +322,8 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
             if i == 0:
                 cat = cat_i
         info["verdicts"][claim["id"]] = cat
+    if recomputed:
+        lines += running_stats_lines(summary, runs, details, paper, cfg, margin)
     lines += [f"Measured in: {_proxy_text(cfg, data_name, details)}.", "",
               "Rule: see `python -m normrepro.translation.report --help` (paired-t intervals over "
               "shared seeds; a diverged run counts against its arm). Our absolute BLEU is on a "
@@ -332,6 +345,75 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
             lines += [rp.figure_line(stem.with_name(stem.name + ".png"), report_path, alt), ""]
     lines += ["### Deviations from the paper", ""] + [f"- {x}" for x in _deviations(paper, cfg, data_name, manifest, details)] + [""]
     return "\n".join(lines), info
+
+
+def _stats_text(cfg: dict) -> str:
+    k = int(_get(cfg, "eval.recompute_stats_batches") or 0)
+    if k <= 0:
+        return ("BN/PN running statistics: averaged with the weights (`eval.recompute_stats_batches` = 0), as "
+                "fairseq's `average_checkpoints.py`.")
+    return (f"BN/PN running statistics: recomputed for the averaged weights on up to {k} training batches "
+            "(SWA's `update_bn`; primary), and scored averaged as well (secondary, test set only; see below).")
+
+
+def running_stats_lines(summary: pd.DataFrame, runs: pd.DataFrame, details: list, paper: dict, cfg: dict,
+                        margin: float) -> list[str]:
+    """The averaged checkpoint scored with recomputed (primary) and averaged (secondary) running
+    statistics: per arm, the per-seed effect of recomputing, and each claim under the secondary."""
+    rec, avg = "test_bleu_tok", AVGSTATS_METRICS[0]
+    by = {k: summary[summary["metric"] == k].set_index("name") for k in (rec, avg)}
+    same = {}
+    batches = set()
+    for d in details:
+        rs = (d.get("final.json") or {}).get("running_stats") or {}
+        arm = d["row"]["arm"]
+        if rs:
+            same[arm] = same.get(arm, True) and bool((rs.get("averaged") or {}).get("same_as_primary"))
+            if (rs.get("recomputed") or {}).get("batches"):
+                batches.add(int(rs["recomputed"]["batches"]))
+    rows = []
+    for arm in by[rec][by[rec]["kind"] == "arm"].index:
+        sub = runs[(runs["arm"] == arm) & (runs["status"] == "ok")]
+        p = paired_diff_ci(dict(zip(sub["seed"], sub[avg])), dict(zip(sub["seed"], sub[rec])))
+        effect = ("identical (no running statistics)" if same.get(arm)
+                  else f"{_signed(p['diff'])} ± {rp.fmt_num(p['ci_half'])} (n={p['n']})")
+        rows.append({"arm": arm,
+                     "recomputed statistics (primary)": format_pm(by[rec].loc[arm, "mean"], by[rec].loc[arm, "ci_half"]),
+                     "averaged statistics (secondary)": format_pm(by[avg].loc[arm, "mean"], by[avg].loc[arm, "ci_half"]),
+                     "recomputed − averaged, per seed": effect})
+    k = int(_get(cfg, "eval.recompute_stats_batches") or 0)
+    used = ", ".join(map(str, sorted(batches))) or "no"
+    lines = ["### Running statistics after averaging: recomputed (primary) vs averaged (secondary)", "",
+             "Averaging the last snapshots averages the BN/PN running statistics too, which were gathered under each "
+             "snapshot's own weights, not under their average; only the BN-family arms carry that handicap (LayerNorm "
+             f"keeps no running statistics). **Primary** (every number above): the averaged weights with their running "
+             f"statistics recomputed on the first {k} training batches of the run's first epoch ({used} batches used), "
+             "as SWA's `update_bn` does, so that every arm is scored with statistics that belong to its weights. "
+             "**Secondary**: the averaged statistics as fairseq's `average_checkpoints.py` leaves them, the paper's "
+             "procedure (test set only). Test tokenized BLEU, 95% intervals:", "", rp.markdown_table(rows), ""]
+    claims = []
+    for claim in paper.get("claims", []):
+        a, b = claim["a"], claim["b"]
+        name = f"{b} - {a}"
+        if name not in by[avg].index:
+            continue
+        d = by[avg].loc[name]
+        n_pairs = int(d["n"]) if math.isfinite(float(d["n"])) else 0
+        div = {arm: int(by[avg].loc[arm, "n_diverged"]) if arm in by[avg].index else 0 for arm in (a, b)}
+        m = float(claim.get("margin", margin))
+        test = claim.get("test", "superiority")
+        cat, _ = verdict(test, float(d["mean"]), float(d["ci_low"]), float(d["ci_high"]), m, n_pairs, a, b,
+                         div[a], div[b])
+        r = by[rec].loc[name]
+        n_rec = int(r["n"]) if math.isfinite(float(r["n"])) else 0
+        cat_primary, _ = verdict(test, float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]), m, n_rec,
+                                 a, b, div[a], div[b])
+        claims.append(f"- {claim['text']} ({test.replace('_', '-')}): {b} − {a} = {_signed(d['mean'])} ± "
+                      f"{rp.fmt_num(d['ci_half'])} [{_signed(d['ci_low'])}, {_signed(d['ci_high'])}] → {cat} "
+                      f"with averaged statistics; {cat_primary} with recomputed ones (primary).")
+    if claims:
+        lines += ["The claims' primary tests under the averaged statistics (same rule):", ""] + claims + [""]
+    return lines
 
 
 def crosscheck_section(path: Path) -> list[str]:
@@ -386,7 +468,10 @@ def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path
     tail += ["## Files", "",
              f"Per data folder `{results}/<data>/`: `summary.csv`, `runs.csv` and `<arm>/seed<k>/` with "
              "`config.yaml` (resolved config), `metrics.csv` (per validation), `train.json`, `final.json` (BLEU, "
-             "status, signatures), `env.json`, `hyps/` (hypotheses, line i = test sentence i).", "",
+             "status, signatures, both treatments of the running statistics), `env.json`, `hyps/` (hypotheses, line "
+             "i = test sentence i; `hyps/averaged_stats/`: with the averaged running statistics), "
+             "`checkpoints/averaged.pt` (the averaged snapshots) and `checkpoints/running_stats.pt` (the running "
+             "statistics recomputed for them; empty for LayerNorm).", "",
              "`summary.csv` columns:", "", rp.column_docs(SUMMARY_COLUMNS), "",
              "`runs.csv` columns:", "", rp.column_docs(RUNS_COLUMNS), "",
              "`metrics.csv` columns:", "", rp.column_docs(METRICS_DOC), "", "## How to regenerate", ""]

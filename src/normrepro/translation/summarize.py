@@ -4,7 +4,10 @@
         --runs results/powernorm/<profile>/<data>/ln/seed1 ... [--root results/powernorm/<profile>/<data>]
 
 Metrics (keys of final.json): `test_bleu_tok` (the paper's tokenized BLEU), `test_bleu_sacre`,
-and the same on every out-of-domain set present (`ding_bleu_tok`, ...). Per arm: n, mean, std,
+the same on every out-of-domain set present (`ding_bleu_tok`, ...), all of the primary
+evaluation (running statistics recomputed for the averaged weights), then, when the runs have
+them, `test_avgstats_bleu_tok` and `test_avgstats_bleu_sacre`: the test set with the averaged
+running statistics (secondary; see `normrepro.translation.evaluate`). Per arm: n, mean, std,
 95% t-interval over seeds; per pair: the difference of means with a Welch 95% interval
 (`normrepro.summary`, whose `SUMMARY_COLUMNS` documents each column). Pairs (`PAIRS`): the
 paper's claims `pn - ln` and `ln - bn`, then `pn_v - ln`, `pn - pn_v`, `pn - bn` and the extra
@@ -24,6 +27,7 @@ from normrepro.summary import collect_runs, find_run_dirs, write_summary
 
 ARM_ORDER = ("ln", "bn", "bn_masked", "pn_v", "pn", "bn_dec", "pn_dec")
 BASE_METRICS = ("test_bleu_tok", "test_bleu_sacre")
+AVGSTATS_METRICS = ("test_avgstats_bleu_tok", "test_avgstats_bleu_sacre")
 # (A, B) pairs reported as B - A: the paper's claims (pn - ln, ln - bn), then the other contrasts.
 PAIRS = (("ln", "pn"), ("bn", "ln"), ("ln", "pn_v"), ("pn_v", "pn"), ("bn", "pn"), ("ln", "bn_dec"),
          ("ln", "pn_dec"), ("bn", "bn_dec"), ("pn", "pn_dec"), ("bn_masked", "ln"),
@@ -31,16 +35,20 @@ PAIRS = (("ln", "pn"), ("bn", "ln"), ("ln", "pn_v"), ("pn_v", "pn"), ("bn", "pn"
 
 
 def metric_keys(run_dirs: list[Path]) -> list[str]:
-    """Test metrics plus `<set>_bleu_*` of every out-of-domain set some run was scored on."""
-    sets = []
+    """Test metrics, `<set>_bleu_*` of every out-of-domain set some run was scored on, then the
+    averaged-statistics test metrics if some run has them."""
+    sets, avgstats = [], False
     for run in run_dirs:
         final = Path(run) / "final.json"
         if final.is_file():
             data = json.loads(final.read_text(encoding="utf-8"))
             for k in data:
-                if k.endswith("_bleu_tok") and k != "test_bleu_tok" and k[: -len("_bleu_tok")] not in sets:
+                if k in AVGSTATS_METRICS:
+                    avgstats = True
+                elif k.endswith("_bleu_tok") and k != "test_bleu_tok" and k[: -len("_bleu_tok")] not in sets:
                     sets.append(k[: -len("_bleu_tok")])
-    return list(BASE_METRICS) + [f"{s}_{m}" for s in sorted(sets) for m in ("bleu_tok", "bleu_sacre")]
+    return (list(BASE_METRICS) + [f"{s}_{m}" for s in sorted(sets) for m in ("bleu_tok", "bleu_sacre")]
+            + (list(AVGSTATS_METRICS) if avgstats else []))
 
 
 def pairs_for(arms: list[str]) -> list[tuple[str, str]]:

@@ -62,18 +62,15 @@ def build(cfg: dict, data_dir: Path, run_dir: Path, record: bool = True):
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from normrepro.translation.datamodule import TranslationDataModule
+    from normrepro.translation.datamodule import datamodule_from_config
     from normrepro.translation.module import RunRecorder, TranslationModule
 
     quiet_logging()  # again: lightning installed its own INFO handler on import
 
     seed = int(cfg["seed"])
-    t, d, o = cfg["trainer"], cfg["data"], cfg["optim"]
+    t, o = cfg["trainer"], cfg["optim"]
     L.seed_everything(seed, workers=True, verbose=False)
-    dm = TranslationDataModule(data_dir, max_tokens=d["max_tokens"], max_sentences=d.get("max_sentences"),
-                               seed=seed, train_max_positions=d.get("train_max_positions"),
-                               num_workers=int(d.get("num_workers", 0)),
-                               required_batch_size_multiple=int(d.get("required_batch_size_multiple") or 1))
+    dm = datamodule_from_config(data_dir, cfg)
     # fairseq seeds the model initialisation with the run seed too.
     torch.manual_seed(seed)
     module = TranslationModule(model_args(cfg), dm.dictionary, o, label_smoothing=o.get("label_smoothing", 0.1),
