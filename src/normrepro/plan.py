@@ -239,6 +239,8 @@ def plan_convnext(args, overrides: list[str]) -> Plan:
         from normrepro.convnext.sweep import sweep_settings
 
         sweep_settings(prof)
+    if goal in ("replicate", "sweep"):
+        plan.jobs = int(prof.get("parallel_runs") or 1)
     raw_files = raw_prerequisites(raw)
     plan.stale.append((processed / "prepared.json", str(processed)))
     for name, value in (("CX_DATASET", dataset), ("CX_ARMS", arms), ("CX_ROOT", root),

@@ -184,6 +184,7 @@ class CxTrainer:
     progress_bar: bool
     print_epochs: bool
     nan_check_every: NonNegInt
+    threads: Optional[NonNegInt]   # CPU intra-op threads of a run; null: torch's default
 
 
 @dataclass
@@ -203,6 +204,7 @@ class ConvNeXtConfig:
     sweep: dict[str, Any]          # make sweep-convnext's settings (normrepro.convnext.sweep)
     sweep_role: str                # set on the sweep's own run configs
     arm_overrides: dict[str, Any]  # profile only: `<arm>: {partial config}`, checked per arm
+    parallel_runs: PosInt          # runs (train/evaluate) make runs at once (the plan's -j)
     profile: str
     arm: str
     seed: NonNegInt
@@ -213,7 +215,7 @@ class ConvNeXtConfig:
 # Config keys that do not change what training produces (a change retrains nothing; evaluation
 # and reports follow the new values): they are left out of each run's stamp (normrepro.rundir).
 NOT_TRAINING = {
-    "convnext": ("report", "arms", "seeds", "sweep", "trainer.print_epochs",
+    "convnext": ("report", "arms", "seeds", "sweep", "parallel_runs", "trainer.print_epochs",
                  "trainer.progress_bar"),
     "powernorm": ("eval", "report", "arms", "seeds", "ood", "prepare", "parallel_runs",
                   "trainer.progress_bar"),

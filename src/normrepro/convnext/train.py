@@ -112,6 +112,10 @@ def train(cfg: dict, out: str | Path, callbacks: list | None = None,
             return {**read_json(out / "env.json").get("train", {}), "up_to_date": True}
     resume = last if last.exists() else None
 
+    if cfg["trainer"].get("threads"):
+        # Fixed per run (numbers depend on it at the last bit): the cpu profile runs two
+        # one-thread trainings at a time, which is faster on 2 cores than one two-thread run.
+        torch.set_num_threads(int(cfg["trainer"]["threads"]))
     if uses_gpu(cfg):
         torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls left outside autocast
     L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
