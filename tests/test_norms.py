@@ -92,6 +92,8 @@ def _seq_expect(name, t0, b0, c0, mask, groups=2):
     gch = slice(c0 // gsize * gsize, c0 // gsize * gsize + gsize)
     if name in ("layer", "rms"):
         exp[t0, b0, :] = True
+    elif name == "dyt":  # element-wise
+        exp[t0, b0, c0] = True
     elif name == "group":
         exp[t0, b0, gch] = True
     elif name == "instance":
@@ -136,6 +138,8 @@ def test_image_norm_reduces_over_its_own_axes(name):
         exp[b0, 4:8] = True
     elif name == "instance2d":
         exp[b0, c0] = True
+    elif name == "dyt2d":  # element-wise
+        exp[b0, c0, h0, w0] = True
     assert torch.equal(changed, exp)
 
 
@@ -166,9 +170,9 @@ def test_padding_changes_neither_statistics_nor_real_outputs(name):
             torch.testing.assert_close(b[k], bufs[0][k], rtol=1e-5, atol=1e-6)
 
 
-def test_masked_batchnorm_equals_batchnorm_on_real_tokens():
+def test_masked_batchnorm_equals_batchnorm_on_real_tokens(T=T, B=B):
     torch.manual_seed(0)
-    mask = _mask(5)
+    mask = _mask(5, T=T, B=B)
     x = torch.randn(T, B, C, dtype=torch.float64, requires_grad=True)
     norm = create_norm("batch", C, momentum=0.2).double().train()
     with torch.no_grad():
@@ -327,7 +331,7 @@ def _pn_setup(seed=0, warmup=7):
     return norm, ref, Cp
 
 
-def test_power_matches_official_reference_step_by_step():
+def test_power_matches_official_reference_step_by_step(B=B):
     norm, ref, Cp = _pn_setup()
     gen = torch.Generator().manual_seed(11)
     for step in range(25):  # warm-up is 7 steps: covers before, at and after it
@@ -405,22 +409,90 @@ def kernel_mode(request, monkeypatch):
     from normrepro import norms
 
     if request.param == "eager":
-        for k in (norms._BN_FWD, norms._BN_BWD, norms._PN_FWD, norms._PN_BWD):
+        for k in norms._KERNELS:
             monkeypatch.setattr(k, "_failed", True)
     elif norms._COMPILE_MODE in ("0", "false", "no", "off"):
         pytest.skip("NORMREPRO_COMPILE=0")
     return request.param
 
 
+# (T, B) of the reference tests: the module's small batch (N = T*B < 32: plain column sums) and
+# one whose N = 63 takes the blocked column sums of the compiled kernels, with a partial block.
+REF_SHAPES = [(T, B), (9, 7)]
+
+
+def _ref_per_token_and_instance(name, x, mask, weight, bias, groups=2, eps=1e-5):
+    """Float64 references written with plain autograd ops (or torch's own group_norm)."""
+    Tn, Bn, Cn = x.shape
+    if name == "rms":
+        y = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+        return y * weight if weight is not None else y
+    if name == "group":
+        return F.group_norm(x.reshape(Tn * Bn, Cn), groups, weight, bias, eps).reshape(Tn, Bn, Cn)
+    real = (~mask).t().unsqueeze(-1).double()  # instance: per sentence over its real tokens
+    n = real.sum(0, keepdim=True).clamp_min(1.0)
+    mean = (x * real).sum(0, keepdim=True) / n
+    var = (((x - mean) * real) ** 2).sum(0, keepdim=True) / n
+    y = (x - mean) / torch.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight + bias
+    return y * real
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("name", ["rms", "group", "instance"])
+def test_per_token_and_instance_norms_match_references(name, affine, T=T, B=B):
+    torch.manual_seed(0)
+    mask = _mask(6, T=T, B=B)
+    mask[-1, :] = True  # a sentence of padding only: zero output and gradient, no NaN
+    kw = {"num_groups": 2} if name == "group" else {}
+    norm = create_norm(name, C, affine=affine, **kw).double().train()
+    params = [p for p in norm.parameters()]
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.rand_like(p) + 0.5 if p is norm.weight else torch.randn_like(p))
+    x = (2 * torch.randn(T, B, C, dtype=torch.float64) + 0.5).requires_grad_(True)
+    gy = torch.randn(T, B, C, dtype=torch.float64)
+    y = norm(x, pad_mask=mask)
+    grads = torch.autograd.grad(y, [x] + params, gy)
+    xr = x.detach().clone().requires_grad_(True)
+    pr = [p.detach().clone().requires_grad_(True) for p in params]
+    weight = pr[0] if affine else None
+    bias = pr[1] if affine and len(pr) > 1 else None
+    yr = _ref_per_token_and_instance(name, xr, mask, weight, bias)
+    grads_r = torch.autograd.grad(yr, [xr] + pr, gy)
+    torch.testing.assert_close(y, yr)
+    for g, gr in zip(grads, grads_r):
+        torch.testing.assert_close(g, gr)
+    assert torch.isfinite(torch.stack([g.abs().sum() for g in grads])).all()
+
+
 def test_fused_kernels_match_references_in_both_modes(kernel_mode):
     from normrepro import norms
 
-    test_masked_batchnorm_equals_batchnorm_on_real_tokens()
-    test_power_matches_official_reference_step_by_step()
+    for Tn, Bn in REF_SHAPES:
+        test_masked_batchnorm_equals_batchnorm_on_real_tokens(T=Tn, B=Bn)
+        test_power_matches_official_reference_step_by_step(B=Bn)
+        test_bn_official_matches_the_released_code_step_by_step(T=Tn, B=Bn)
+        for name in ("rms", "group", "instance"):
+            for affine in (True, False):
+                test_per_token_and_instance_norms_match_references(name, affine, T=Tn, B=Bn)
     test_power_equals_paper_algorithm2_reparametrisation()
     if kernel_mode == "compiled":  # the compiled path really ran (no silent eager fallback)
-        assert norms._BN_FWD.active and norms._BN_BWD.active
-        assert norms._PN_FWD.active and norms._PN_BWD.active
+        inactive = [k.fn.__name__ for k in norms._KERNELS if not k.active]
+        assert not inactive, f"kernels that fell back to eager: {inactive}"
+
+
+def test_colsum_blocks_equal_a_plain_sum():
+    """The compiled column sum (blocks of 16 rows, then a partial block) at the sizes where its
+    branches change: below 32 rows, a whole number of blocks, and a partial last block."""
+    from normrepro import norms
+
+    fn = torch.compile(lambda t: norms._colsum(t * 2.0), fullgraph=True)
+    for N in (5, 31, 32, 48, 63, 100):
+        t = torch.randn(N, 24, dtype=torch.float64)
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch.testing.assert_close(fn(t), 2.0 * t.sum(0))
 
 
 def test_get_norm_layer_works_as_timm_norm_layer():
@@ -463,7 +535,7 @@ class RefOfficialBN:
         return out.view(T, B, C)
 
 
-def test_bn_official_matches_the_released_code_step_by_step():
+def test_bn_official_matches_the_released_code_step_by_step(T=T, B=B):
     torch.manual_seed(3)
     ours = create_norm("bn_official", C).double().train()
     ref = RefOfficialBN(C)
@@ -473,7 +545,7 @@ def test_bn_official_matches_the_released_code_step_by_step():
         ref.weight.copy_(w), ref.bias.copy_(b)
     assert ours.momentum == 0.05 and ours.scale_eps == 1e-5
     for step in range(6):
-        mask = _mask(10 + step, p=0.4)
+        mask = _mask(10 + step, T=T, B=B, p=0.4)
         x = (3 * torch.randn(T, B, C, dtype=torch.float64) + 1).requires_grad_(True)
         xr = x.detach().clone().requires_grad_(True)
         gy = torch.randn(T, B, C, dtype=torch.float64)
@@ -491,7 +563,7 @@ def test_bn_official_matches_the_released_code_step_by_step():
     assert int(ours.num_batches_tracked) == 6
     # eval: the running statistics, after the same scaling and padding fill
     ours.eval()
-    mask = _mask(99, p=0.4)
+    mask = _mask(99, T=T, B=B, p=0.4)
     x = torch.randn(T, B, C, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x, pad_mask=mask), ref(x, mask, training=False))

@@ -7,9 +7,9 @@ Two families, by input layout:
 
 * Sequence norms take fairseq's `(T, B, C)` layout and are called `norm(x, pad_mask=None)` with
   `pad_mask` of shape `(B, T)`, True at padding. Names: `layer`, `batch`, `bn_official`,
-  `sync_batch`, `power_vanilla`, `power`, `rms`, `group`, `instance`.
+  `sync_batch`, `power_vanilla`, `power`, `rms`, `group`, `instance`, `dyt`.
 * Image norms take `(B, C, H, W)`: `layer2d` (LayerNorm over C at each position, as in ConvNeXt),
-  `batch2d`, `sync_batch2d`, `group2d`, `instance2d`.
+  `batch2d`, `sync_batch2d`, `group2d`, `instance2d`, `dyt2d`.
 
 Which axes each one reduces over (the "normalisation cube"; verified by perturbation tests):
 
@@ -30,6 +30,7 @@ batch2d        B x H x W                               channel
 sync_batch2d   B x H x W of every worker in the group  channel
 group2d        C/G x H x W                             sample and group
 instance2d     H x W                                   sample and channel
+dyt, dyt2d     nothing: γ·tanh(α·x) + β, element-wise  element (Dynamic Tanh, `norm_dyt`)
 =============  ======================================  ==========================================
 
 Masked batch statistics (`batch`, `power_vanilla`, `power` forward) use only non-pad tokens, so
@@ -90,9 +91,9 @@ on for chosen layers and writes the records to CSV.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import os
+import types
 import warnings
 from typing import Callable
 
@@ -100,6 +101,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from normrepro.norm_dyt import DyT, DyT2d
 
 __all__ = ["NORM_NAMES", "SEQUENCE_NORMS", "IMAGE_NORMS", "create_norm", "get_norm_layer",
            "is_sequence_norm", "register_norm", "records_stats", "eager_kernels"]
@@ -176,7 +179,10 @@ class SeqRMSNorm(nn.Module):
 
     def forward(self, x, pad_mask=None):  # noqa: D102
         _check_seq(self, x, pad_mask)
-        return F.rms_norm(x, (self.num_features,), self.weight, self.eps)
+        T, B, C = x.shape
+        x2d = x.reshape(T * B, C).to(_compute_dtype(x, self.weight))
+        w = self.weight if self.weight is not None else x2d.new_ones(C)
+        return _RMSNormFn.apply(x2d, w, self.eps).reshape(T, B, C)
 
 
 class SeqGroupNorm(nn.Module):
@@ -194,8 +200,9 @@ class SeqGroupNorm(nn.Module):
     def forward(self, x, pad_mask=None):  # noqa: D102
         _check_seq(self, x, pad_mask)
         T, B, C = x.shape
-        y = F.group_norm(x.reshape(T * B, C), self.num_groups, self.weight, self.bias, self.eps)
-        return y.reshape(T, B, C)
+        x2d = x.reshape(T * B, C).to(_compute_dtype(x, self.weight))
+        w, b = _affine(self.weight, self.bias, C, x2d)
+        return _GroupNormFn.apply(x2d, w, b, self.eps, self.num_groups).reshape(T, B, C)
 
 
 class SeqInstanceNorm(nn.Module):
@@ -213,15 +220,11 @@ class SeqInstanceNorm(nn.Module):
 
     def forward(self, x, pad_mask=None):  # noqa: D102
         _check_seq(self, x, pad_mask)
-        T, B, _ = x.shape
-        m = x.new_ones(T, B, 1) if pad_mask is None else (~pad_mask).t().unsqueeze(-1).to(x.dtype)
-        n = m.sum(0, keepdim=True).clamp_min(1.0)
-        mean = (x * m).sum(0, keepdim=True) / n
-        var = (((x - mean) * m) ** 2).sum(0, keepdim=True) / n
-        y = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            y = y * self.weight + self.bias
-        return y * m
+        T, B, C = x.shape
+        xf = x.to(_compute_dtype(x, self.weight))
+        m = xf.new_ones(T, B, 1) if pad_mask is None else (~pad_mask).t().unsqueeze(-1).to(xf.dtype)
+        w, b = _affine(self.weight, self.bias, C, xf)
+        return _InstanceNormFn.apply(xf.contiguous(), m, w, b, self.eps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +232,12 @@ class SeqInstanceNorm(nn.Module):
 
 _COMPILE_MODE = os.environ.get("NORMREPRO_COMPILE", "auto").lower()  # auto | 1 | 0
 _FORCE_EAGER = False  # set by `eager_kernels()`
+_KERNELS: list["_Kernel"] = []  # every kernel, in definition order (the tests run each both ways)
+# Inductor writes an elementwise intermediate with several readers to memory once it reads more
+# than a few inputs; these kernels are memory-bound, so recomputing it in each loop is cheaper
+# than a full (N, C) write and read (e.g. the head and tail of `_colsum` both read it).
+_INDUCTOR_OPTIONS = {"realize_reads_threshold": 64, "realize_opcount_threshold": 256,
+                     "realize_acc_reads_threshold": 64}
 
 
 @contextlib.contextmanager
@@ -246,11 +255,26 @@ def eager_kernels():
         _FORCE_EAGER = before
 
 
+def _specialised(fn, static: dict):
+    """`fn` with `static` bound as keyword defaults, on a copy of its code object.
+
+    Dynamo keeps one cache (and one recompile limit) per code object. A `functools.partial`
+    would put every kernel and configuration behind torch.compile's one wrapper code object, so
+    that all of them share a cache, and a process with many of them (the test suite) hits the
+    limit and silently falls back to eager; a copy per configuration keeps them apart.
+    """
+    bound = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                               fn.__closure__)
+    bound.__kwdefaults__ = dict(static)
+    return bound
+
+
 class _Kernel:
     """A pure tensor function run through `torch.compile` (one fused loop per reduction on CPU,
     Triton kernels on GPU), falling back to eager PyTorch if compilation is unavailable.
 
-    Tensors are positional, with their first dimension (the token count) marked dynamic;
+    Tensors are positional, with every dimension but the last (the channels) marked dynamic
+    (1-D tensors: their only one);
     keyword arguments are static (eps, alphas, group count) and get one compiled kernel per
     distinct value, so the generated loops know the group size and stay vectorised.
     `NORMREPRO_COMPILE=0` forces eager, `=1` makes a compile failure an error, and the context
@@ -262,6 +286,7 @@ class _Kernel:
         self.fn = fn
         self._compiled: dict = {}
         self._failed = _COMPILE_MODE in ("0", "false", "no", "off")
+        _KERNELS.append(self)
 
     @property
     def active(self) -> bool:
@@ -277,11 +302,13 @@ class _Kernel:
             cfg = torch._dynamo.config
             name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
             setattr(cfg, name, max(getattr(cfg, name), 64))
-            self._compiled[key] = torch.compile(functools.partial(self.fn, **static),
-                                                dynamic=False, fullgraph=True)
+            self._compiled[key] = torch.compile(_specialised(self.fn, static), dynamic=False,
+                                                fullgraph=True, options=_INDUCTOR_OPTIONS)
         for t in tensors:
-            if t.dim() >= 1 and t.shape[0] > 1:
-                torch._dynamo.maybe_mark_dynamic(t, 0)
+            # Token dims (N, or T and B) vary between batches; the channel dim never does.
+            for d in (range(t.dim() - 1) if t.dim() >= 2 else range(t.dim())):
+                if t.shape[d] > 1:
+                    torch._dynamo.maybe_mark_dynamic(t, d)
         try:
             return self._compiled[key](*tensors)
         except Exception as exc:  # pragma: no cover - depends on the machine's toolchain
@@ -297,11 +324,28 @@ def _no_autocast(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+def _colsum(t: torch.Tensor) -> torch.Tensor:
+    """Σ over the rows of an (N, C) tensor, written so that inductor's CPU code is fast.
+
+    For a plain `t.sum(0)` inductor walks each 8-channel strip down all N rows, N streams 4·C
+    bytes apart (~10x slower than ATen's sum for N = 4096, C = 512). Summing blocks of 16 rows
+    first keeps each walk inside 16 rows that sit in L1; the block sums are then added. Eager and
+    GPU code take the plain sum (the order of additions differs, the value up to rounding not).
+    """
+    if not (t.device.type == "cpu" and torch.compiler.is_compiling()):
+        return t.sum(0)
+    N, C = t.shape
+    if N < 32:  # (a guard on the dynamic N; inductor cannot lower an empty block view)
+        return t.sum(0)
+    k = N // 16
+    return t[: 16 * k].view(k, 16, C).sum(1).sum(0) + t[16 * k:].sum(0)
+
+
 def _bn_fwd(x, m, n, weight, bias, *, eps: float):
     m1 = m.unsqueeze(1)
-    mean = (x * m1).sum(0) / n
+    mean = _colsum(x * m1) / n
     xc = x - mean
-    var = (xc * xc * m1).sum(0) / n
+    var = _colsum(xc * xc * m1) / n
     rstd = torch.rsqrt(var + eps)
     y = (xc * (rstd * weight) + bias) * m1
     return y, mean, var, rstd
@@ -311,8 +355,8 @@ def _bn_bwd(gy, x, m, n, mean, rstd, weight):
     m1 = m.unsqueeze(1)
     z = (x - mean) * rstd
     gym = gy * m1
-    gbias = gym.sum(0)
-    gweight = (gym * z).sum(0)
+    gbias = _colsum(gym)
+    gweight = _colsum(gym * z)
     # exact BN gradient restricted to the real tokens; zero at padding
     gx = (gym - gbias / n - z * (gweight / n)) * (rstd * weight) * m1
     return gx, gweight, gbias
@@ -348,6 +392,200 @@ def _as_float(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Batch statistics in half precision are unreliable: compute them in the parameters' dtype
     (float32 under bf16 autocast), as autocast does for torch's own norms."""
     return x if x.dtype == ref.dtype else x.to(ref.dtype)
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor | None) -> torch.dtype:
+    """The dtype statistics are computed in: the parameters' (float32 under bf16 autocast), or,
+    without parameters, at least float32."""
+    if weight is not None:
+        return weight.dtype
+    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _affine(weight, bias, C, ref):
+    """weight and bias as tensors (ones and zeros when the norm has none), for the kernels."""
+    w = weight if weight is not None else ref.new_ones(C)
+    b = bias if bias is not None else ref.new_zeros(C)
+    return w, b
+
+
+# RMSNorm, per token: (N, C) rows.
+
+def _rms_fwd(x, weight, *, eps: float):
+    rstd = torch.rsqrt((x * x).mean(-1, keepdim=True) + eps)
+    return x * rstd * weight, rstd
+
+
+def _rms_bwd(gy, x, rstd, weight):
+    xhat = x * rstd
+    g = gy * weight
+    # d/dx of x·r with r = (mean x² + ε)^(-1/2): r·(g − x̂·mean(g·x̂))
+    gx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+    return gx, _colsum(gy * xhat)
+
+
+_RMS_FWD, _RMS_BWD = _Kernel(_rms_fwd), _Kernel(_rms_bwd)
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """y = x / √(mean_C x² + ε) · w on (N, C) rows; backward by hand from the saved 1/RMS."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        with _no_autocast(x.device.type):
+            y, rstd = _RMS_FWD(x, weight, eps=eps)
+        ctx.save_for_backward(x, rstd, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, rstd, weight = ctx.saved_tensors
+        with _no_autocast(gy.device.type):
+            gx, gweight = _RMS_BWD(gy.contiguous(), x, rstd, weight)
+        return gx, gweight if ctx.needs_input_grad[1] else None, None
+
+
+# GroupNorm, per token: (N, C) rows, G groups of C/G channels.
+
+def _gn_fwd(x, weight, bias, *, eps: float, groups: int):
+    N, C = x.shape
+    xv = x.view(N, groups, C // groups)
+    mean = xv.mean(-1, keepdim=True)
+    xc = xv - mean
+    rstd = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + eps)
+    return (xc * rstd).view(N, C) * weight + bias, mean, rstd
+
+
+def _gn_bwd(gy, x, mean, rstd, weight, *, groups: int):
+    N, C = x.shape
+    xhat = (x.view(N, groups, C // groups) - mean) * rstd
+    g = (gy * weight).view(N, groups, C // groups)
+    gx = rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
+    return gx.view(N, C), _colsum(gy * xhat.view(N, C)), _colsum(gy)
+
+
+_GN_FWD, _GN_BWD = _Kernel(_gn_fwd), _Kernel(_gn_bwd)
+
+
+class _GroupNormFn(torch.autograd.Function):
+    """Per-row GroupNorm on (N, C); backward by hand from the saved group means and 1/std."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, groups):
+        with _no_autocast(x.device.type):
+            y, mean, rstd = _GN_FWD(x, weight, bias, eps=eps, groups=groups)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.groups = groups
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, mean, rstd, weight = ctx.saved_tensors
+        with _no_autocast(gy.device.type):
+            gx, gweight, gbias = _GN_BWD(gy.contiguous(), x, mean, rstd, weight, groups=ctx.groups)
+        return (gx, gweight if ctx.needs_input_grad[1] else None,
+                gbias if ctx.needs_input_grad[2] else None, None, None)
+
+
+# InstanceNorm for sequences: (T, B, C), statistics over the real tokens of each sentence.
+
+def _in_fwd(x, m, weight, bias, *, eps: float):
+    # m: (T, B, 1) 0/1 weights; n: real tokens per sentence (at least 1)
+    n = m.sum(0).clamp_min(1.0)
+    mean = (x * m).sum(0) / n
+    xc = (x - mean) * m
+    rstd = torch.rsqrt((xc * xc).sum(0) / n + eps)
+    return xc * (rstd * weight) + bias * m, mean, rstd
+
+
+def _in_bwd(gy, x, m, mean, rstd, weight):
+    n = m.sum(0).clamp_min(1.0)
+    xhat = (x - mean) * rstd * m
+    g = gy * m
+    sg, sgz = g.sum(0), (g * xhat).sum(0)  # per sentence and channel
+    # the BN gradient within each sentence, zero at padding
+    gx = (g - sg / n - xhat * (sgz / n)) * (rstd * weight) * m
+    return gx, sgz.sum(0), sg.sum(0)
+
+
+_IN_FWD, _IN_BWD = _Kernel(_in_fwd), _Kernel(_in_bwd)
+
+
+class _InstanceNormFn(torch.autograd.Function):
+    """y = m·(w·(x − μ_b)/√(σ²_b + ε) + b) per sentence b and channel over its real tokens, on
+    (T, B, C) with m (T, B, 1); backward by hand (exact gradient, zero at padding)."""
+
+    @staticmethod
+    def forward(ctx, x, m, weight, bias, eps):
+        with _no_autocast(x.device.type):
+            y, mean, rstd = _IN_FWD(x, m, weight, bias, eps=eps)
+        ctx.save_for_backward(x, m, mean, rstd, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, m, mean, rstd, weight = ctx.saved_tensors
+        with _no_autocast(gy.device.type):
+            gx, gweight, gbias = _IN_BWD(gy.contiguous(), x, m, mean, rstd, weight)
+        return (gx, None, gweight if ctx.needs_input_grad[2] else None,
+                gbias if ctx.needs_input_grad[3] else None, None)
+
+
+# The released PowerNorm code's BatchNorm (`bn_official`), training: (N, C) rows.
+
+def _bno_fwd(x, m, n, weight, bias, *, eps: float, scale_eps: float):
+    N, C = x.shape
+    m1 = m.unsqueeze(1)
+    s = torch.rsqrt((x * x).mean(-1, keepdim=True) + scale_eps)  # LayerScaling1D: 1/RMS per row
+    u = x * s
+    # Padding holds the real rows' mean μ, so the batch mean over all N rows is μ and the batch
+    # variance is Σ_real (u − μ)² / N.
+    mean = _colsum(u * m1) / n
+    d = (u - mean) * m1
+    var = _colsum(d * d) / N
+    rstd = torch.rsqrt(var + eps)
+    return d * (rstd * weight) + bias, s, mean, var, rstd
+
+
+def _bno_bwd(gy, x, m, n, s, mean, rstd, weight):
+    N, C = x.shape
+    m1 = m.unsqueeze(1)
+    u = x * s
+    zhat = (u - mean) * rstd * m1  # normalised z; exactly 0 at padding (z = μ there)
+    gbias, gweight, g_real = _colsum(gy), _colsum(gy * zhat), _colsum(gy * m1)
+    k = weight * rstd
+    # BatchNorm's gradient w.r.t. z over all N rows: gz = k·(g − Σg/N − ẑ·Σgẑ/N). The padding
+    # rows' z is μ, the real rows' mean, so their gz sum reaches every real row, divided by n.
+    gz_pad = k * ((gbias - g_real) - (N - n) * (gbias / N))
+    gu = (k * (gy - gbias / N - zhat * (gweight / N)) + gz_pad / n) * m1
+    # LayerScaling1D backward: s·(gu − u·mean_C(gu·u))
+    gx = s * (gu - u * (gu * u).mean(-1, keepdim=True))
+    return gx, gweight, gbias
+
+
+_BNO_FWD, _BNO_BWD = _Kernel(_bno_fwd), _Kernel(_bno_bwd)
+
+
+class _OfficialBatchNormFn(torch.autograd.Function):
+    """`bn_official` in training on (N, C) rows, m (N,) 0/1, n = max(Σm, 1): RMS scaling per
+    row, padding filled with the real mean, BatchNorm over all N rows. Returns y and the batch
+    mean and biased variance (for the running statistics); backward by hand."""
+
+    @staticmethod
+    def forward(ctx, x, m, n, weight, bias, eps, scale_eps):
+        with _no_autocast(x.device.type):
+            y, s, mean, var, rstd = _BNO_FWD(x, m, n, weight, bias, eps=eps, scale_eps=scale_eps)
+        ctx.save_for_backward(x, m, n, s, mean, rstd, weight)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, gy, _gmean, _gvar):
+        x, m, n, s, mean, rstd, weight = ctx.saved_tensors
+        with _no_autocast(gy.device.type):
+            gx, gweight, gbias = _BNO_BWD(gy.contiguous(), x, m, n, s, mean, rstd, weight)
+        return (gx, None, None, gweight if ctx.needs_input_grad[3] else None,
+                gbias if ctx.needs_input_grad[4] else None, None, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -601,7 +839,7 @@ def _pn_fwd(x, m, n, weight, bias, running_phi, t, has, warmup_iters, *, eps: fl
     r = torch.rsqrt((xv * xv).mean(-1, keepdim=True) + eps)
     xs = (xv * r).reshape(N, C)
     # Masked quadratic mean; with no real token, fall back on the running value (no information).
-    psi_b = torch.where(has, (xs * xs * m.unsqueeze(1)).sum(0) / n, running_phi)
+    psi_b = torch.where(has, _colsum(xs * xs * m.unsqueeze(1)) / n, running_phi)
     phi_used = torch.where(t <= warmup_iters, psi_b, running_phi)
     y = xs * torch.rsqrt(phi_used + eps) * weight + bias
     # Running statistic: cumulative average during warm-up, then (no `else`, as upstream) the EMA.
@@ -617,12 +855,12 @@ def _pn_bwd(gy, x, r, psi_b, phi_used, weight, ema_gz, *, eps: float, alpha_bkw:
     xsv = x.reshape(N, group_num, C // group_num) * r
     xs = xsv.reshape(N, C)
     z = xs * torch.rsqrt(phi_used + eps)
-    gweight = (gy * z).sum(0)
-    gbias = gy.sum(0)
+    gweight = _colsum(gy * z)
+    gbias = _colsum(gy)
     # approx = g − ν z with g = gy·w and ν = (1 − α_bkw)·ema_gz from before this step
     approx = gy * weight - ((1 - alpha_bkw) * ema_gz) * z
     # ema_gz += mean over all N positions (padding included, as upstream) of approx·z
-    new_ema = ema_gz + (approx * z).sum(0) / N
+    new_ema = ema_gz + _colsum(approx * z) / N
     # divided by the *batch* statistic, as upstream
     gxs = (approx * torch.rsqrt(psi_b + eps)).reshape(N, group_num, C // group_num)
     # GroupScaling backward: dx = r · (gxs − xs · mean_group(gxs·xs))
@@ -863,30 +1101,41 @@ class OfficialBatchNorm(nn.Module):
 
     def forward(self, x, pad_mask=None):  # noqa: D102
         _check_seq(self, x, pad_mask)
+        if not self.training:
+            return self._forward_unfused(x, pad_mask)
+        T, B, C = x.shape
+        x2d = _as_float(x, self.running_mean).reshape(T * B, C)
+        m = _real_weights(x2d.view(T, B, C), pad_mask)
+        n_real = m.sum()
+        w, b = _affine(self.weight, self.bias, C, x2d)
+        y, mean, var = _OfficialBatchNormFn.apply(x2d, m, n_real.clamp_min(1.0), w, b, self.eps,
+                                                  self.scale_eps)
+        with torch.no_grad():
+            # F.batch_norm's update over all T*B rows (unbiased variance), skipped when the batch
+            # has no real token; momentum=None is torch's cumulative average.
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                mom = 1.0 / self.num_batches_tracked.to(mean.dtype)
+            else:
+                mom = torch.as_tensor(self.momentum, dtype=mean.dtype, device=mean.device)
+            mom = mom * (n_real > 0).to(mean.dtype)
+            rows = T * B
+            self.running_mean.mul_(1 - mom).add_(mom * mean)
+            self.running_var.mul_(1 - mom).add_(mom * var * (rows / max(rows - 1, 1)))
+        return y.reshape(T, B, C).to(x.dtype)
+
+    def _forward_unfused(self, x, pad_mask):
+        """Eval: the released code's steps one by one, normalising with the running statistics
+        (the padding is still filled with this batch's real mean, as upstream)."""
         T, B, C = x.shape
         z = _as_float(x, self.running_mean)
         z = z * torch.rsqrt(z.square().mean(dim=-1, keepdim=True) + self.scale_eps)
-        has_real = None
         if pad_mask is not None:
             real = (~pad_mask).transpose(0, 1).unsqueeze(-1)  # (T, B, 1)
-            n_real = real.sum()
-            has_real = n_real > 0
-            real_mean = torch.where(real, z, 0.0).sum(dim=(0, 1)) / n_real.clamp_min(1)
+            real_mean = torch.where(real, z, 0.0).sum(dim=(0, 1)) / real.sum().clamp_min(1)
             z = torch.where(real, z, real_mean)
-        running = self.running_mean, self.running_var
-        if self.training:
-            self.num_batches_tracked.add_(1)
-            if has_real is not None:
-                # F.batch_norm updates copies; a batch of padding only then leaves the buffers as
-                # they are, decided on the device (no host sync). Copies, because the backward
-                # of batch_norm checks that the tensors it was given were not modified since.
-                running = self.running_mean.clone(), self.running_var.clone()
-        y = F.batch_norm(z.reshape(T * B, C), *running, self.weight, self.bias, self.training,
-                         self.momentum, self.eps)
-        if self.training and has_real is not None:
-            with torch.no_grad():
-                self.running_mean.copy_(torch.where(has_real, running[0], self.running_mean))
-                self.running_var.copy_(torch.where(has_real, running[1], self.running_var))
+        y = F.batch_norm(z.reshape(T * B, C), self.running_mean, self.running_var, self.weight,
+                         self.bias, False, 0.0, self.eps)
         return y.reshape(T, B, C).to(x.dtype)
 
 
@@ -903,6 +1152,7 @@ SEQUENCE_NORMS: dict[str, type[nn.Module]] = {
     "rms": SeqRMSNorm,
     "group": SeqGroupNorm,
     "instance": SeqInstanceNorm,
+    "dyt": DyT,
 }
 IMAGE_NORMS: dict[str, type[nn.Module]] = {
     "layer2d": LayerNorm2d,
@@ -910,6 +1160,7 @@ IMAGE_NORMS: dict[str, type[nn.Module]] = {
     "sync_batch2d": SyncBatchNorm2d,
     "group2d": GroupNorm2d,
     "instance2d": InstanceNorm2d,
+    "dyt2d": DyT2d,
 }
 _REGISTRY: dict[str, type[nn.Module]] = {**SEQUENCE_NORMS, **IMAGE_NORMS}
 NORM_NAMES: tuple[str, ...] = tuple(_REGISTRY)
