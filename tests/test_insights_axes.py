@@ -26,6 +26,8 @@ EXPECTED = {
     "sync_batch2d": ("all", "one", "all"),
     "group2d": ("one", "4 of 8", "all"),
     "instance2d": ("one", "one", "all"),
+    "dyt": ("one", "one", "one"),  # element-wise: no statistic, one output per input
+    "dyt2d": ("one", "one", "one"),
 }
 
 

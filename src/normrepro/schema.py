@@ -49,9 +49,9 @@ def _choice_problem(value: str, choices: list[str], what: str) -> Optional[str]:
 # neither torch nor the data modules (a make command is checked in well under a second); tests
 # check they equal normrepro.norms' registry and normrepro.convnext.data.DATASETS. Norms that a
 # module registers at run time (e.g. the insights' `batch_unmasked`) count once it is imported.
-IMAGE_NORM_NAMES = ("layer2d", "batch2d", "sync_batch2d", "group2d", "instance2d")
+IMAGE_NORM_NAMES = ("layer2d", "batch2d", "sync_batch2d", "group2d", "instance2d", "dyt2d")
 SEQUENCE_NORM_NAMES = ("layer", "batch", "bn_official", "sync_batch", "power_vanilla", "power",
-                       "rms", "group", "instance")
+                       "rms", "group", "instance", "dyt")
 IMAGE_DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenette", "imagenet")
 
 
@@ -60,9 +60,12 @@ def _registered(attr: str, static: tuple[str, ...]) -> list[str]:
     return sorted(getattr(norms, attr)) if norms is not None else sorted(static)
 
 
-def _image_norm(value: str) -> Optional[str]:
-    return _choice_problem(value, _registered("IMAGE_NORMS", IMAGE_NORM_NAMES),
-                           "an image norm of the registry")
+def _model_norm(value: str) -> Optional[str]:
+    # ConvNeXt takes an image norm, a ViT (model.variant vit_*) a sequence norm for its tokens;
+    # which one fits the variant is checked when the model is built.
+    return _choice_problem(value, _registered("IMAGE_NORMS", IMAGE_NORM_NAMES)
+                           + _registered("SEQUENCE_NORMS", SEQUENCE_NORM_NAMES),
+                           "an image norm (ConvNeXt) or a sequence norm (ViT) of the registry")
 
 
 def _sequence_norm(value: str) -> Optional[str]:
@@ -91,7 +94,7 @@ def _non_negative(value) -> Optional[str]:
     return None if value >= 0 else f"{value!r} must be >= 0"
 
 
-IMAGE_NORM = Check(_image_norm)
+MODEL_NORM = Check(_model_norm)
 SEQUENCE_NORM = Check(_sequence_norm)
 POSITIVE = Check(_positive)
 NON_NEGATIVE = Check(_non_negative)
@@ -145,7 +148,7 @@ class CxData:
 @dataclass
 class CxModel:
     variant: str
-    norm: Annotated[str, IMAGE_NORM]
+    norm: Annotated[str, MODEL_NORM]
     norm_eps: Optional[Annotated[float, POSITIVE]]
     patch_size: Optional[PosInt]
     drop_path_rate: NonNegFloat

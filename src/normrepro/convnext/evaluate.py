@@ -118,7 +118,7 @@ def evaluate(run: str | Path) -> dict:
                                  int(cfg["data"].get("eval_batch_size", cfg["data"]["batch_size"])))
     dm.setup()
     mean, std = dm.norm_stats()
-    model = build_model(cfg["model"], dm.num_classes, dm.in_chans)
+    model = build_model(cfg["model"], dm.num_classes, dm.in_chans, dm.image_size)
     load_weights(model, run / "checkpoints" / "last.ckpt")
     gpu = uses_gpu(cfg)
     device = torch.device("cuda" if gpu else "cpu")

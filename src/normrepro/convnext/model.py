@@ -11,6 +11,9 @@ same parameters (both norms have a per-channel weight and bias), BN adds running
 timm passes `device=`/`dtype=` to the norm constructor and, when the norm is a
 `functools.partial`, rebinds only its keyword arguments; the adapter below therefore hands timm
 a plain function that calls the registry and places the module itself.
+
+`model.variant: vit_*` builds a Vision Transformer instead (`normrepro.convnext.vit`), trained by
+the same Lightning module, data and recipe.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import torch
 from torch import nn
 
 from normrepro.config import ConfigError
-from normrepro.norms import get_norm_layer
+from normrepro.convnext.vit import build_vit
+from normrepro.norms import IMAGE_NORMS, SEQUENCE_NORMS, get_norm_layer
 
 
 def timm_norm_layer(name: str, eps: float | None = None) -> Callable[..., nn.Module]:
@@ -35,14 +39,23 @@ def timm_norm_layer(name: str, eps: float | None = None) -> Callable[..., nn.Mod
         raise ConfigError(f"model.norm: {exc}") from exc
 
 
-def build_model(model_cfg: dict, num_classes: int, in_chans: int) -> nn.Module:
-    """The ConvNeXt of one arm: `model.variant`, `model.norm`, `model.patch_size`, ...
+def build_model(model_cfg: dict, num_classes: int, in_chans: int,
+                image_size: int | None = None) -> nn.Module:
+    """The ConvNeXt (or, for `model.variant: vit_*`, the ViT) of one arm: `model.variant`,
+    `model.norm`, `model.patch_size`, ...
 
     `model.kwargs` passes anything else to the timm constructor (tests shrink `dims`/`depths`).
+    `image_size` (the side of the input images) is needed by a ViT only.
     """
     variant = model_cfg["variant"]
+    if variant.startswith("vit_"):
+        return build_vit(model_cfg, num_classes, in_chans, image_size)
     if not variant.startswith("convnext"):
-        raise ConfigError(f"model.variant={variant!r}: this replication needs a timm convnext_* model")
+        raise ConfigError(f"model.variant={variant!r}: this replication needs a timm convnext_* "
+                          "model or one of the ViTs vit_* (normrepro.convnext.vit.VIT_SIZES)")
+    if model_cfg["norm"] in SEQUENCE_NORMS:
+        raise ConfigError(f"model.norm={model_cfg['norm']!r} is a sequence norm (for a ViT's "
+                          f"tokens); a ConvNeXt takes the image norms {', '.join(IMAGE_NORMS)}")
     kwargs = dict(model_cfg.get("kwargs") or {})
     for key in ("norm_layer", "conv_mlp", "num_classes", "in_chans"):
         if key in kwargs:
@@ -135,14 +148,17 @@ def use_fast_convs(model: nn.Module) -> dict[str, int]:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on conv/linear weights only, none on norms, biases, layer scale.
 
-    Every 1-D parameter (norm weight/bias, conv/linear bias, layer-scale gamma) is excluded, as in
-    the ConvNeXt reference code.
+    Every 1-D parameter (norm weight/bias, DyT's α, conv/linear bias, layer-scale gamma) is
+    excluded, as in the ConvNeXt reference code, and so are the parameters the model lists in
+    timm's `no_weight_decay()` (a ViT's position embeddings and class token; timm's ConvNeXt
+    lists none), which that code's optimizer factory also skips.
     """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
@@ -153,12 +169,13 @@ _NORM_CLASS_NAME = re.compile(r"Norm(\d+d)?$")
 def norm_modules(model: nn.Module) -> dict[str, list[str]]:
     """Names of the normalization modules by class name, to check what an arm really contains.
 
-    Counts torch's norm classes and their subclasses, plus any class named like a norm
-    (`...Norm`, `...Norm2d`; e.g. timm's own RmsNorm2d), so a norm that slipped past the
-    registry shows up.
+    Counts torch's norm classes and their subclasses, every registry class (e.g. DyT, which has
+    no statistics), plus any class named like a norm (`...Norm`, `...Norm2d`; e.g. timm's own
+    RmsNorm2d), so a norm that slipped past the registry shows up.
     """
     norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
-                  nn.modules.instancenorm._InstanceNorm)
+                  nn.modules.instancenorm._InstanceNorm,
+                  *SEQUENCE_NORMS.values(), *IMAGE_NORMS.values())
     out: dict[str, list[str]] = {}
     for name, module in model.named_modules():
         cls_name = type(module).__name__

@@ -13,6 +13,9 @@ identically after a resume, and written atomically to `metrics_path` on rank 0.
 
 A non-finite training loss is not an exception: the run stops, `diverged_at_step` records where,
 and the train stage writes the status `diverged` for the summary and the report to show.
+
+The same module trains a ViT (`model.variant: vit_*`, `normrepro.convnext.vit`) on the same data
+with the same recipe; only `build_model` differs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from normrepro.convnext.data import augment_tensor_batch
+from normrepro.convnext.data import augment_tensor_batch, dataset_spec
 from normrepro.convnext.model import accuracy_counts, build_model, param_groups
 from normrepro.convnext.metrics import write_metrics_csv
 
@@ -86,6 +89,11 @@ def memory_format(cfg: dict) -> torch.memory_format:
     return torch.channels_last if choice else torch.contiguous_format
 
 
+def input_size(data_cfg: dict) -> int:
+    """The side of the square images the model sees: `data.image_size`, or the data set's own."""
+    return int(data_cfg.get("image_size") or dataset_spec(data_cfg["dataset"]).image_size)
+
+
 def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
     """A well-mixed 32-bit seed that depends only on where in training a step is."""
     return int(np.random.SeedSequence([seed, epoch, batch_idx, rank]).generate_state(1)[0])
@@ -107,7 +115,7 @@ class ConvNeXtClassifier(L.LightningModule):
         self.seed = int(cfg["seed"])
         self.backend = backend
         self.aug = dict(cfg["data"].get("augment") or {})
-        self.model = build_model(cfg["model"], num_classes, in_chans)
+        self.model = build_model(cfg["model"], num_classes, in_chans, input_size(cfg["data"]))
         self.memory_format = memory_format(cfg)
         self.model = self.model.to(memory_format=self.memory_format)
         self.register_buffer("norm_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
