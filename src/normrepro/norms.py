@@ -1187,7 +1187,8 @@ def _lookup(name: str) -> type[nn.Module]:
 
 def create_norm(name: str, num_features: int, **kwargs) -> nn.Module:
     """Build the norm `name` for `num_features` channels; kwargs go to its constructor
-    (every norm accepts `eps` and `affine`; an unknown kwarg is an error)."""
+    (every norm accepts `affine`, and every one but `dyt`/`dyt2d` accepts `eps`: DyT divides by
+    nothing; an unknown kwarg is an error)."""
     cls = _lookup(name)
     if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features <= 0:
         raise ValueError(f"num_features must be a positive int, got {num_features!r}")
