@@ -306,3 +306,26 @@ def test_verdict_warns_when_the_sweep_says_training_was_still_climbing(tmp_path)
     pd.DataFrame([{"arm": "bn", "check_gain": 0.3, "check_epochs": 6}]).to_csv(path, index=False)
     assert cxreport._still_climbing(path) == ""
     assert cxreport._still_climbing(tmp_path / "missing.csv") == ""
+
+
+def test_cpu_profile_runs_two_one_thread_trainings_at_a_time(monkeypatch):
+    """`parallel_runs` becomes make's -j for the replicate and the sweep; `trainer.threads` is
+    part of every run config (and of its stamp: the numbers depend on the thread count)."""
+    import argparse
+
+    from normrepro import plan, schema
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    for goal in ("replicate", "sweep"):
+        args = argparse.Namespace(profile="cpu", dataset=None, arms=None, seeds=None, goal=goal)
+        p = plan.plan_convnext(args, [])
+        assert p.jobs == 2, goal
+    args = argparse.Namespace(profile="smoke", dataset=None, arms=None, seeds=None,
+                              goal="replicate")
+    assert plan.plan_convnext(args, []).jobs == 1
+    args = argparse.Namespace(profile="cpu", dataset=None, arms=None, seeds=None,
+                              goal="replicate")
+    cfgs = [cfg for _, cfg, _ in plan.plan_convnext(args, []).runs]
+    assert cfgs and all(cfg["trainer"]["threads"] == 1 for cfg in cfgs)
+    assert "trainer.threads" not in schema.NOT_TRAINING["convnext"]
+    assert "parallel_runs" in schema.NOT_TRAINING["convnext"]
