@@ -220,11 +220,9 @@ class SeqInstanceNorm(nn.Module):
 
     def forward(self, x, pad_mask=None):  # noqa: D102
         _check_seq(self, x, pad_mask)
-        T, B, C = x.shape
-        xf = x.to(_compute_dtype(x, self.weight))
-        m = xf.new_ones(T, B, 1) if pad_mask is None else (~pad_mask).t().unsqueeze(-1).to(xf.dtype)
-        w, b = _affine(self.weight, self.bias, C, xf)
-        return _InstanceNormFn.apply(xf.contiguous(), m, w, b, self.eps)
+        xf = x.to(_compute_dtype(x, self.weight)).contiguous()
+        w, b = _affine(self.weight, self.bias, x.shape[-1], xf)
+        return _InstanceNormFn.apply(xf, pad_mask, w, b, self.eps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +272,7 @@ class _Kernel:
     Triton kernels on GPU), falling back to eager PyTorch if compilation is unavailable.
 
     Tensors are positional, with every dimension but the last (the channels) marked dynamic
-    (1-D tensors: their only one);
+    (1-D tensors and bool masks: all of them);
     keyword arguments are static (eps, alphas, group count) and get one compiled kernel per
     distinct value, so the generated loops know the group size and stay vectorised.
     `NORMREPRO_COMPILE=0` forces eager, `=1` makes a compile failure an error, and the context
@@ -305,8 +303,12 @@ class _Kernel:
             self._compiled[key] = torch.compile(_specialised(self.fn, static), dynamic=False,
                                                 fullgraph=True, options=_INDUCTOR_OPTIONS)
         for t in tensors:
-            # Token dims (N, or T and B) vary between batches; the channel dim never does.
-            for d in (range(t.dim() - 1) if t.dim() >= 2 else range(t.dim())):
+            if not isinstance(t, torch.Tensor):
+                continue
+            # Token dims (N, or T and B) vary between batches; the channel dim never does
+            # (a bool tensor is a (B, T) pad mask: both vary).
+            dims = t.dim() if t.dim() < 2 or t.dtype == torch.bool else t.dim() - 1
+            for d in range(dims):
                 if t.shape[d] > 1:
                     torch._dynamo.maybe_mark_dynamic(t, d)
         try:
@@ -321,6 +323,8 @@ class _Kernel:
 
 
 def _no_autocast(device_type: str):
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)
 
 
@@ -331,6 +335,11 @@ def _colsum(t: torch.Tensor) -> torch.Tensor:
     bytes apart (~10x slower than ATen's sum for N = 4096, C = 512). Summing blocks of 16 rows
     first keeps each walk inside 16 rows that sit in L1; the block sums are then added. Eager and
     GPU code take the plain sum (the order of additions differs, the value up to rounding not).
+
+    In that loop order every per-row factor (1/RMS, the real-token weight) is used once per
+    8-channel strip, so it must come from a buffer: computed inline, its division or square root
+    would be repeated C/8 times per row. The kernels therefore pass such factors in, or return
+    them (kernel outputs are always written to memory), rather than deriving them inline.
     """
     if not (t.device.type == "cpu" and torch.compiler.is_compiling()):
         return t.sum(0)
@@ -341,22 +350,50 @@ def _colsum(t: torch.Tensor) -> torch.Tensor:
     return t[: 16 * k].view(k, 16, C).sum(1).sum(0) + t[16 * k:].sum(0)
 
 
-def _bn_fwd(x, m, n, weight, bias, *, eps: float):
-    m1 = m.unsqueeze(1)
-    mean = _colsum(x * m1) / n
-    xc = x - mean
-    var = _colsum(xc * xc * m1) / n
+def _real_rows(pad_mask, N: int, like: torch.Tensor) -> torch.Tensor:
+    """(N, 1) weights in `like`'s dtype: 1 at real tokens, 0 at padding, rows in (T, B) order.
+    Built from the (B, T) pad mask inside the kernels, so that it costs no separate ops."""
+    if pad_mask is None:
+        return like.new_ones(N, 1)
+    return (~pad_mask).t().reshape(N, 1).to(like.dtype)
+
+
+def _moments(v: torch.Tensor, m1: torch.Tensor, n: torch.Tensor):
+    """Per-channel mean and M2 = Σ m·(v − mean)² of the rows of v (N, C) weighted by m1 (N, 1)
+    in {0, 1}, with n = max(Σ m1, 1), in one pass over v.
+
+    The sums are taken about a pilot value p, the first row (in (T, B) order the first token of
+    a sentence, a real one; zero if it is padding): M2 = Σ m(v − p)² − (Σ m(v − p))²/n then
+    keeps its precision, since the batch mean lies about one standard deviation from a sample,
+    whereas Σ m·v² − (Σ m·v)²/n cancels catastrophically when |mean| >> std.
+    """
+    p = v[0] * m1[0]
+    d = (v - p) * m1
+    s1, s2 = _colsum(d), _colsum(d * (v - p))
+    shift = s1 / n
+    return p + shift, (s2 - s1 * shift).clamp_min(0.0)
+
+
+def _bn_fwd(x, pad_mask, weight, bias, running_mean, running_var, momentum, *, eps: float):
+    m1 = _real_rows(pad_mask, x.shape[0], x)  # returned: a buffer (see `_colsum`)
+    n_real = m1.sum()
+    n = n_real.clamp_min(1.0)
+    mean, m2 = _moments(x, m1, n)
+    var = m2 / n
     rstd = torch.rsqrt(var + eps)
-    y = (xc * (rstd * weight) + bias) * m1
-    return y, mean, var, rstd
+    y = ((x - mean) * (rstd * weight) + bias) * m1
+    # torch's BatchNorm update (unbiased running variance); none when no token is real
+    mom = momentum * (n_real > 0).to(x.dtype)
+    unbiased = var * n_real / (n_real - 1).clamp_min(1.0)
+    return (y, m1, mean, rstd, running_mean * (1 - mom) + mom * mean,
+            running_var * (1 - mom) + mom * unbiased)
 
 
-def _bn_bwd(gy, x, m, n, mean, rstd, weight):
-    m1 = m.unsqueeze(1)
+def _bn_bwd(gy, x, m1, mean, rstd, weight):
+    n = m1.sum().clamp_min(1.0)
     z = (x - mean) * rstd
     gym = gy * m1
-    gbias = _colsum(gym)
-    gweight = _colsum(gym * z)
+    gbias, gweight = _colsum(gym), _colsum(gym * z)
     # exact BN gradient restricted to the real tokens; zero at padding
     gx = (gym - gbias / n - z * (gweight / n)) * (rstd * weight) * m1
     return gx, gweight, gbias
@@ -366,26 +403,37 @@ _BN_FWD, _BN_BWD = _Kernel(_bn_fwd), _Kernel(_bn_bwd)
 
 
 class _MaskedBatchNormFn(torch.autograd.Function):
-    """y = m * (w * (x - μ_B) / √(σ²_B + ε) + b), statistics over the rows with m = 1.
+    """y = m·(w·(x − μ_B)/√(σ²_B + ε) + b), statistics over the real rows (m = 1).
 
-    x: (N, C) float32/64, m: (N,) 0/1 weights, n = max(Σm, 1). Backward is the exact gradient.
+    x: (N, C) float32/64 in (T, B) row order, pad_mask: (B, T) bool or None, momentum: float or
+    0-dim tensor. Returns y and the updated running mean and variance. Backward is the exact
+    gradient.
     """
 
     @staticmethod
-    def forward(ctx, x, m, n, weight, bias, eps):
+    def forward(ctx, x, pad_mask, weight, bias, running_mean, running_var, momentum, eps):
         with _no_autocast(x.device.type):
-            y, mean, var, rstd = _BN_FWD(x, m, n, weight, bias, eps=eps)
-        ctx.save_for_backward(x, m, n, mean, rstd, weight)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+            y, m1, mean, rstd, rm, rv = _BN_FWD(x, pad_mask, weight, bias, running_mean,
+                                                running_var, momentum, eps=eps)
+        ctx.save_for_backward(x, m1, mean, rstd, weight)
+        ctx.mark_non_differentiable(rm, rv)
+        return y, rm, rv
 
     @staticmethod
-    def backward(ctx, gy, _gmean, _gvar):
-        x, m, n, mean, rstd, weight = ctx.saved_tensors
+    def backward(ctx, gy, _grm, _grv):
+        x, m1, mean, rstd, weight = ctx.saved_tensors
         with _no_autocast(gy.device.type):
-            gx, gweight, gbias = _BN_BWD(gy.contiguous(), x, m, n, mean, rstd, weight)
-        return (gx, None, None, gweight if ctx.needs_input_grad[3] else None,
-                gbias if ctx.needs_input_grad[4] else None, None)
+            gx, gweight, gbias = _BN_BWD(gy.contiguous(), x, m1, mean, rstd, weight)
+        return (gx, None, gweight if ctx.needs_input_grad[2] else None,
+                gbias if ctx.needs_input_grad[3] else None, None, None, None, None)
+
+
+def _momentum(module: nn.Module, like: torch.Tensor):
+    """The momentum of this step's running-statistics update: module.momentum, or torch's
+    cumulative average 1/num_batches_tracked when it is None (call after counting the step)."""
+    if module.momentum is None:
+        return 1.0 / module.num_batches_tracked.to(like.dtype)
+    return float(module.momentum)
 
 
 def _as_float(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -409,96 +457,118 @@ def _affine(weight, bias, C, ref):
     return w, b
 
 
-# RMSNorm, per token: (N, C) rows.
+# RMSNorm, per token: (N, C) rows. The kernels keep each row's sum of squares (a reduction
+# output that inductor writes from the same loop as the output row) and derive 1/RMS from it.
 
 def _rms_fwd(x, weight, *, eps: float):
-    rstd = torch.rsqrt((x * x).mean(-1, keepdim=True) + eps)
-    return x * rstd * weight, rstd
+    ss = (x * x).sum(-1, keepdim=True)
+    return x * torch.rsqrt(ss / x.shape[-1] + eps) * weight, ss
 
 
-def _rms_bwd(gy, x, rstd, weight):
+def _rms_bwd(gy, x, ss, weight, *, eps: float):
+    rstd = torch.rsqrt(ss / x.shape[-1] + eps)  # also returned, to be a buffer (see `_colsum`)
     xhat = x * rstd
     g = gy * weight
     # d/dx of x·r with r = (mean x² + ε)^(-1/2): r·(g − x̂·mean(g·x̂))
     gx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
-    return gx, _colsum(gy * xhat)
+    return gx, _colsum(gy * xhat), rstd
 
 
 _RMS_FWD, _RMS_BWD = _Kernel(_rms_fwd), _Kernel(_rms_bwd)
 
 
 class _RMSNormFn(torch.autograd.Function):
-    """y = x / √(mean_C x² + ε) · w on (N, C) rows; backward by hand from the saved 1/RMS."""
+    """y = x / √(mean_C x² + ε) · w on (N, C) rows; backward by hand from the saved Σx²."""
 
     @staticmethod
     def forward(ctx, x, weight, eps):
         with _no_autocast(x.device.type):
-            y, rstd = _RMS_FWD(x, weight, eps=eps)
-        ctx.save_for_backward(x, rstd, weight)
+            y, ss = _RMS_FWD(x, weight, eps=eps)
+        ctx.save_for_backward(x, ss, weight)
+        ctx.eps = eps
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, rstd, weight = ctx.saved_tensors
+        x, ss, weight = ctx.saved_tensors
         with _no_autocast(gy.device.type):
-            gx, gweight = _RMS_BWD(gy.contiguous(), x, rstd, weight)
+            gx, gweight, _ = _RMS_BWD(gy.contiguous(), x, ss, weight, eps=ctx.eps)
         return gx, gweight if ctx.needs_input_grad[1] else None, None
 
 
-# GroupNorm, per token: (N, C) rows, G groups of C/G channels.
+# GroupNorm, per token: (N, C) rows, G groups of K = C/G channels; the kernels keep each group's
+# Σx and Σ(x − mean)².
 
 def _gn_fwd(x, weight, bias, *, eps: float, groups: int):
     N, C = x.shape
-    xv = x.view(N, groups, C // groups)
-    mean = xv.mean(-1, keepdim=True)
-    xc = xv - mean
-    rstd = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + eps)
-    return (xc * rstd).view(N, C) * weight + bias, mean, rstd
+    K = C // groups
+    xv = x.view(N, groups, K)
+    s1 = xv.sum(-1, keepdim=True)
+    xc = xv - s1 / K
+    s2 = (xc * xc).sum(-1, keepdim=True)
+    return (xc * torch.rsqrt(s2 / K + eps)).view(N, C) * weight + bias, s1, s2
 
 
-def _gn_bwd(gy, x, mean, rstd, weight, *, groups: int):
+def _gn_bwd(gy, x, s1, s2, weight, *, eps: float, groups: int):
     N, C = x.shape
-    xhat = (x.view(N, groups, C // groups) - mean) * rstd
-    g = (gy * weight).view(N, groups, C // groups)
+    K = C // groups
+    # mean and 1/std per group, also returned to be buffers (see `_colsum`)
+    mean, rstd = s1 / K, torch.rsqrt(s2 / K + eps)
+    xhat = (x.view(N, groups, K) - mean) * rstd
+    g = (gy * weight).view(N, groups, K)
     gx = rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
-    return gx.view(N, C), _colsum(gy * xhat.view(N, C)), _colsum(gy)
+    return gx.view(N, C), _colsum(gy * xhat.view(N, C)), _colsum(gy), mean, rstd
 
 
 _GN_FWD, _GN_BWD = _Kernel(_gn_fwd), _Kernel(_gn_bwd)
 
 
 class _GroupNormFn(torch.autograd.Function):
-    """Per-row GroupNorm on (N, C); backward by hand from the saved group means and 1/std."""
+    """Per-row GroupNorm on (N, C); backward by hand from the saved group sums."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, groups):
         with _no_autocast(x.device.type):
-            y, mean, rstd = _GN_FWD(x, weight, bias, eps=eps, groups=groups)
-        ctx.save_for_backward(x, mean, rstd, weight)
-        ctx.groups = groups
+            y, s1, s2 = _GN_FWD(x, weight, bias, eps=eps, groups=groups)
+        ctx.save_for_backward(x, s1, s2, weight)
+        ctx.eps, ctx.groups = eps, groups
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, mean, rstd, weight = ctx.saved_tensors
+        x, s1, s2, weight = ctx.saved_tensors
         with _no_autocast(gy.device.type):
-            gx, gweight, gbias = _GN_BWD(gy.contiguous(), x, mean, rstd, weight, groups=ctx.groups)
+            gx, gweight, gbias, _, _ = _GN_BWD(gy.contiguous(), x, s1, s2, weight, eps=ctx.eps,
+                                               groups=ctx.groups)
         return (gx, gweight if ctx.needs_input_grad[1] else None,
                 gbias if ctx.needs_input_grad[2] else None, None, None)
 
 
 # InstanceNorm for sequences: (T, B, C), statistics over the real tokens of each sentence.
 
-def _in_fwd(x, m, weight, bias, *, eps: float):
-    # m: (T, B, 1) 0/1 weights; n: real tokens per sentence (at least 1)
-    n = m.sum(0).clamp_min(1.0)
-    mean = (x * m).sum(0) / n
-    xc = (x - mean) * m
-    rstd = torch.rsqrt((xc * xc).sum(0) / n + eps)
-    return xc * (rstd * weight) + bias * m, mean, rstd
+def _real_tokens(pad_mask, x):
+    """(T, B, 1) weights in x's dtype: 1 at real tokens, 0 at padding."""
+    T, B = x.shape[0], x.shape[1]
+    if pad_mask is None:
+        return x.new_ones(T, B, 1)
+    return (~pad_mask).t().unsqueeze(-1).to(x.dtype)
 
 
-def _in_bwd(gy, x, m, mean, rstd, weight):
+def _in_fwd(x, pad_mask, weight, bias, *, eps: float):
+    m = _real_tokens(pad_mask, x)
+    n = m.sum(0).clamp_min(1.0)  # real tokens per sentence (at least 1)
+    # One pass for the mean and variance, about the sentence's first token (see `_moments`).
+    p = x[0] * m[0]
+    d = (x - p) * m
+    s1, s2 = d.sum(0), (d * (x - p)).sum(0)
+    shift = s1 / n
+    mean = p + shift
+    rstd = torch.rsqrt((s2 - s1 * shift).clamp_min(0.0) / n + eps)
+    return (x - mean) * m * (rstd * weight) + bias * m, mean, rstd
+
+
+def _in_bwd(gy, x, pad_mask, mean, rstd, weight):
+    m = _real_tokens(pad_mask, x)
     n = m.sum(0).clamp_min(1.0)
     xhat = (x - mean) * rstd * m
     g = gy * m
@@ -513,43 +583,51 @@ _IN_FWD, _IN_BWD = _Kernel(_in_fwd), _Kernel(_in_bwd)
 
 class _InstanceNormFn(torch.autograd.Function):
     """y = m·(w·(x − μ_b)/√(σ²_b + ε) + b) per sentence b and channel over its real tokens, on
-    (T, B, C) with m (T, B, 1); backward by hand (exact gradient, zero at padding)."""
+    (T, B, C) with pad_mask (B, T) or None; backward by hand (exact gradient, zero at padding)."""
 
     @staticmethod
-    def forward(ctx, x, m, weight, bias, eps):
+    def forward(ctx, x, pad_mask, weight, bias, eps):
         with _no_autocast(x.device.type):
-            y, mean, rstd = _IN_FWD(x, m, weight, bias, eps=eps)
-        ctx.save_for_backward(x, m, mean, rstd, weight)
+            y, mean, rstd = _IN_FWD(x, pad_mask, weight, bias, eps=eps)
+        ctx.save_for_backward(x, pad_mask, mean, rstd, weight)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, m, mean, rstd, weight = ctx.saved_tensors
+        x, pad_mask, mean, rstd, weight = ctx.saved_tensors
         with _no_autocast(gy.device.type):
-            gx, gweight, gbias = _IN_BWD(gy.contiguous(), x, m, mean, rstd, weight)
+            gx, gweight, gbias = _IN_BWD(gy.contiguous(), x, pad_mask, mean, rstd, weight)
         return (gx, None, gweight if ctx.needs_input_grad[2] else None,
                 gbias if ctx.needs_input_grad[3] else None, None)
 
 
-# The released PowerNorm code's BatchNorm (`bn_official`), training: (N, C) rows.
+# The released PowerNorm code's BatchNorm (`bn_official`), training: (N, C) rows in (T, B) order.
 
-def _bno_fwd(x, m, n, weight, bias, *, eps: float, scale_eps: float):
+def _bno_fwd(x, pad_mask, weight, bias, running_mean, running_var, momentum, *, eps: float,
+             scale_eps: float):
     N, C = x.shape
-    m1 = m.unsqueeze(1)
+    m1 = _real_rows(pad_mask, N, x)
+    n_real = m1.sum()
+    n = n_real.clamp_min(1.0)
     s = torch.rsqrt((x * x).mean(-1, keepdim=True) + scale_eps)  # LayerScaling1D: 1/RMS per row
     u = x * s
     # Padding holds the real rows' mean μ, so the batch mean over all N rows is μ and the batch
     # variance is Σ_real (u − μ)² / N.
-    mean = _colsum(u * m1) / n
-    d = (u - mean) * m1
-    var = _colsum(d * d) / N
+    mean, m2 = _moments(u, m1, n)
+    var = m2 / N
     rstd = torch.rsqrt(var + eps)
-    return d * (rstd * weight) + bias, s, mean, var, rstd
+    y = (u - mean) * m1 * (rstd * weight) + bias
+    # F.batch_norm's update over the N rows (unbiased variance); none when no token is real
+    mom = momentum * (n_real > 0).to(x.dtype)
+    unbiased = var * N / (N - 1 if N > 1 else 1)
+    # m1 and s are returned (buffers, see `_colsum`) and saved for the backward
+    return (y, m1, s, mean, rstd, running_mean * (1 - mom) + mom * mean,
+            running_var * (1 - mom) + mom * unbiased)
 
 
-def _bno_bwd(gy, x, m, n, s, mean, rstd, weight):
+def _bno_bwd(gy, x, m1, s, mean, rstd, weight):
     N, C = x.shape
-    m1 = m.unsqueeze(1)
+    n = m1.sum().clamp_min(1.0)
     u = x * s
     zhat = (u - mean) * rstd * m1  # normalised z; exactly 0 at padding (z = μ there)
     gbias, gweight, g_real = _colsum(gy), _colsum(gy * zhat), _colsum(gy * m1)
@@ -567,25 +645,28 @@ _BNO_FWD, _BNO_BWD = _Kernel(_bno_fwd), _Kernel(_bno_bwd)
 
 
 class _OfficialBatchNormFn(torch.autograd.Function):
-    """`bn_official` in training on (N, C) rows, m (N,) 0/1, n = max(Σm, 1): RMS scaling per
-    row, padding filled with the real mean, BatchNorm over all N rows. Returns y and the batch
-    mean and biased variance (for the running statistics); backward by hand."""
+    """`bn_official` in training on (N, C) rows, pad_mask (B, T) or None: RMS scaling per row,
+    padding filled with the real mean, BatchNorm over all N rows. Returns y and the updated
+    running mean and variance; backward by hand."""
 
     @staticmethod
-    def forward(ctx, x, m, n, weight, bias, eps, scale_eps):
+    def forward(ctx, x, pad_mask, weight, bias, running_mean, running_var, momentum, eps,
+                scale_eps):
         with _no_autocast(x.device.type):
-            y, s, mean, var, rstd = _BNO_FWD(x, m, n, weight, bias, eps=eps, scale_eps=scale_eps)
-        ctx.save_for_backward(x, m, n, s, mean, rstd, weight)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+            y, m1, s, mean, rstd, rm, rv = _BNO_FWD(x, pad_mask, weight, bias, running_mean,
+                                                    running_var, momentum, eps=eps,
+                                                    scale_eps=scale_eps)
+        ctx.save_for_backward(x, m1, s, mean, rstd, weight)
+        ctx.mark_non_differentiable(rm, rv)
+        return y, rm, rv
 
     @staticmethod
-    def backward(ctx, gy, _gmean, _gvar):
-        x, m, n, s, mean, rstd, weight = ctx.saved_tensors
+    def backward(ctx, gy, _grm, _grv):
+        x, m1, s, mean, rstd, weight = ctx.saved_tensors
         with _no_autocast(gy.device.type):
-            gx, gweight, gbias = _BNO_BWD(gy.contiguous(), x, m, n, s, mean, rstd, weight)
-        return (gx, None, None, gweight if ctx.needs_input_grad[3] else None,
-                gbias if ctx.needs_input_grad[4] else None, None, None)
+            gx, gweight, gbias = _BNO_BWD(gy.contiguous(), x, m1, s, mean, rstd, weight)
+        return (gx, None, gweight if ctx.needs_input_grad[2] else None,
+                gbias if ctx.needs_input_grad[3] else None) + (None,) * 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -762,17 +843,18 @@ class MaskedBatchNorm(nn.Module):
         _check_seq(self, x, pad_mask)
         T, B, C = x.shape
         x2d = _as_float(x, self.weight).reshape(T * B, C)
-        m = _real_weights(x2d.view(T, B, C), pad_mask)
         if not self.training:
+            m = _real_weights(x2d.view(T, B, C), pad_mask)
             scale = self.weight * torch.rsqrt(self.running_var + self.eps)
             shift = self.bias - self.running_mean * scale
             return torch.addcmul(shift, x2d, scale).mul_(m.unsqueeze(1)).reshape(T, B, C)
         if self.record_stats:
-            return self._train_eager(x2d, m, None).reshape(T, B, C)
-        n_real = m.sum()
-        n = n_real.clamp_min(1.0)
-        y, mean, var = _MaskedBatchNormFn.apply(x2d, m, n, self.weight, self.bias, self.eps)
-        _update_bn_running(self, mean, var, n_real)
+            return self._train_eager(x2d, _real_weights(x2d.view(T, B, C), pad_mask), None).reshape(T, B, C)
+        self.num_batches_tracked.add_(1)
+        y, rm, rv = _MaskedBatchNormFn.apply(x2d, pad_mask, self.weight, self.bias, self.running_mean,
+                                             self.running_var, _momentum(self, x2d), self.eps)
+        self.running_mean.copy_(rm)
+        self.running_var.copy_(rv)
         return y.reshape(T, B, C)
 
     def _train_eager(self, x2d, m, group):
@@ -831,28 +913,32 @@ class PowerNormVanilla(nn.Module):
 # --------------------------------------------------------------------------------------------
 # PowerNorm, faithful to the official code (PN)
 
-def _pn_fwd(x, m, n, weight, bias, running_phi, t, has, warmup_iters, *, eps: float,
-            alpha_fwd: float, group_num: int):
+def _pn_fwd(x, pad_mask, weight, bias, running_phi, t, *, eps: float, alpha_fwd: float,
+            group_num: int, warmup_iters: int):
     N, C = x.shape
-    xv = x.reshape(N, group_num, C // group_num)
+    K = C // group_num
+    m1 = _real_rows(pad_mask, N, x)  # m1 and r: returned, so buffers (see `_colsum`)
+    n_real = m1.sum()
+    xv = x.reshape(N, group_num, K)
     # GroupScaling: divide each token by the RMS of its channel group.
     r = torch.rsqrt((xv * xv).mean(-1, keepdim=True) + eps)
     xs = (xv * r).reshape(N, C)
     # Masked quadratic mean; with no real token, fall back on the running value (no information).
-    psi_b = torch.where(has, _colsum(xs * xs * m.unsqueeze(1)) / n, running_phi)
+    psi_b = torch.where(n_real > 0, _colsum(xs * xs * m1) / n_real.clamp_min(1.0), running_phi)
     phi_used = torch.where(t <= warmup_iters, psi_b, running_phi)
     y = xs * torch.rsqrt(phi_used + eps) * weight + bias
     # Running statistic: cumulative average during warm-up, then (no `else`, as upstream) the EMA.
     tf = t.to(x.dtype)
     rp = torch.where(t < warmup_iters, running_phi * (tf - 1) / tf + psi_b / tf, running_phi)
     rp = alpha_fwd * rp + (1 - alpha_fwd) * psi_b
-    return y, r, psi_b, phi_used, rp
+    return y, m1, r, psi_b, phi_used, rp
 
 
 def _pn_bwd(gy, x, r, psi_b, phi_used, weight, ema_gz, *, eps: float, alpha_bkw: float,
             group_num: int):
     N, C = x.shape
-    xsv = x.reshape(N, group_num, C // group_num) * r
+    K = C // group_num
+    xsv = x.reshape(N, group_num, K) * r
     xs = xsv.reshape(N, C)
     z = xs * torch.rsqrt(phi_used + eps)
     gweight = _colsum(gy * z)
@@ -862,7 +948,7 @@ def _pn_bwd(gy, x, r, psi_b, phi_used, weight, ema_gz, *, eps: float, alpha_bkw:
     # ema_gz += mean over all N positions (padding included, as upstream) of approx·z
     new_ema = ema_gz + _colsum(approx * z) / N
     # divided by the *batch* statistic, as upstream
-    gxs = (approx * torch.rsqrt(psi_b + eps)).reshape(N, group_num, C // group_num)
+    gxs = (approx * torch.rsqrt(psi_b + eps)).reshape(N, group_num, K)
     # GroupScaling backward: dx = r · (gxs − xs · mean_group(gxs·xs))
     gx = ((gxs - xsv * (gxs * xsv).mean(-1, keepdim=True)) * r).reshape(N, C)
     return gx, gweight, gbias, new_ema
@@ -874,18 +960,17 @@ _PN_FWD, _PN_BWD = _Kernel(_pn_fwd), _Kernel(_pn_bwd)
 class _PowerNormFn(torch.autograd.Function):
     """GroupScaling + PowerFunction of the official code, fused, on (N, C) rows.
 
-    Inputs: x (N, C); m (N,) 0/1 real-token weights; n = max(Σm, 1); weight, bias; the buffers
-    running_phi and ema_gz (C,), updated in place; t = the 1-based step (tensor); has = whether
-    the batch holds a real token (bool tensor).
+    Inputs: x (N, C) in (T, B) row order; pad_mask (B, T) or None; weight, bias; the buffers
+    running_phi and ema_gz (C,), updated in place; t = the 1-based step (tensor).
     """
 
     @staticmethod
-    def forward(ctx, x, m, n, weight, bias, running_phi, ema_gz, t, has, eps, alpha_fwd,
+    def forward(ctx, x, pad_mask, weight, bias, running_phi, ema_gz, t, eps, alpha_fwd,
                 alpha_bkw, warmup_iters, group_num):
         with _no_autocast(x.device.type):
-            y, r, psi_b, phi_used, rp = _PN_FWD(
-                x, m, n, weight, bias, running_phi, t, has, torch.tensor(warmup_iters), eps=eps,
-                alpha_fwd=alpha_fwd, group_num=group_num)
+            y, _, r, psi_b, phi_used, rp = _PN_FWD(
+                x, pad_mask, weight, bias, running_phi, t, eps=eps, alpha_fwd=alpha_fwd,
+                group_num=group_num, warmup_iters=warmup_iters)
         running_phi.copy_(rp)
         ctx.save_for_backward(x, r, psi_b, phi_used, weight, ema_gz)
         ctx.consts = (eps, alpha_bkw, group_num)
@@ -900,8 +985,8 @@ class _PowerNormFn(torch.autograd.Function):
                 gy.contiguous(), x, r, psi_b, phi_used, weight, ema_gz, eps=eps,
                 alpha_bkw=alpha_bkw, group_num=group_num)
         ema_gz.copy_(new_ema)
-        return (gx, None, None, gweight if ctx.needs_input_grad[3] else None,
-                gbias if ctx.needs_input_grad[4] else None) + (None,) * 9
+        return (gx, None, gweight if ctx.needs_input_grad[2] else None,
+                gbias if ctx.needs_input_grad[3] else None) + (None,) * 8
 
 
 class PowerNorm(nn.Module):
@@ -940,14 +1025,10 @@ class PowerNorm(nn.Module):
         if not self.training:
             z = self.group_scale(x2d) * torch.rsqrt(self.running_phi + self.eps)
             return torch.addcmul(self.bias, z, self.weight).reshape(T, B, C)
-        m = _real_weights(x2d.view(T, B, C), pad_mask)
-        n_real = m.sum()
         self.iters.add_(1)
-        y = _PowerNormFn.apply(
-            x2d, m, n_real.clamp_min(1.0), self.weight, self.bias, self.running_phi, self.ema_gz,
-            self.iters, n_real > 0, self.eps, self.alpha_fwd, self.alpha_bkw,
-            self.warmup_iters, self.group_num,
-        )
+        y = _PowerNormFn.apply(x2d, pad_mask, self.weight, self.bias, self.running_phi,
+                               self.ema_gz, self.iters, self.eps, self.alpha_fwd, self.alpha_bkw,
+                               self.warmup_iters, self.group_num)
         return y.reshape(T, B, C)
 
 
@@ -1105,23 +1186,15 @@ class OfficialBatchNorm(nn.Module):
             return self._forward_unfused(x, pad_mask)
         T, B, C = x.shape
         x2d = _as_float(x, self.running_mean).reshape(T * B, C)
-        m = _real_weights(x2d.view(T, B, C), pad_mask)
-        n_real = m.sum()
         w, b = _affine(self.weight, self.bias, C, x2d)
-        y, mean, var = _OfficialBatchNormFn.apply(x2d, m, n_real.clamp_min(1.0), w, b, self.eps,
-                                                  self.scale_eps)
-        with torch.no_grad():
-            # F.batch_norm's update over all T*B rows (unbiased variance), skipped when the batch
-            # has no real token; momentum=None is torch's cumulative average.
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                mom = 1.0 / self.num_batches_tracked.to(mean.dtype)
-            else:
-                mom = torch.as_tensor(self.momentum, dtype=mean.dtype, device=mean.device)
-            mom = mom * (n_real > 0).to(mean.dtype)
-            rows = T * B
-            self.running_mean.mul_(1 - mom).add_(mom * mean)
-            self.running_var.mul_(1 - mom).add_(mom * var * (rows / max(rows - 1, 1)))
+        # The running statistics follow F.batch_norm's update over all T*B rows (unbiased
+        # variance), skipped when the batch has no real token (momentum=None: torch's average).
+        self.num_batches_tracked.add_(1)
+        y, rm, rv = _OfficialBatchNormFn.apply(x2d, pad_mask, w, b, self.running_mean,
+                                               self.running_var, _momentum(self, x2d), self.eps,
+                                               self.scale_eps)
+        self.running_mean.copy_(rm)
+        self.running_var.copy_(rv)
         return y.reshape(T, B, C).to(x.dtype)
 
     def _forward_unfused(self, x, pad_mask):
