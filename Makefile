@@ -31,7 +31,7 @@ plan_args = --profile '$(PROFILE)' --set '$(SET)' --what 'make $@$(foreach v,PRO
 PYTHON_FOR_VENV ?= $(shell for p in python3.11 python3.12 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info[:2] not in ((3,11),(3,12)))' 2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: help setup test bench-norms clean-results
+.PHONY: help setup test bench-norms gpu-check clean-results
 
 help: ## list the public targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -57,6 +57,12 @@ test: $(SETUP) ## run the test suite (CPU, tiny synthetic data)
 
 bench-norms: $(SETUP) ## time fwd+bwd of every sequence norm vs torch LayerNorm -> results/bench/norms.json
 	$(PY) -m normrepro.bench_norms --out results/bench/norms.json
+
+# Extra arguments of gpu-check, e.g. GPU_CHECK_ARGS="--steps 10 --translation-arms ln pn".
+GPU_CHECK_ARGS ?=
+
+gpu-check: $(SETUP) ## one GPU, <= 5 min: both gpu profiles briefly, bf16, every arm -> results/bench/gpu.json
+	$(PY) -m normrepro.gpu_check --out results/bench/gpu.json $(GPU_CHECK_ARGS)
 
 clean-results: ## delete results/ (keeps data/ and .venv)
 	rm -rf results
