@@ -200,7 +200,7 @@ def sweep_figure(grid: pd.DataFrame, summary: pd.DataFrame, out_stem: Path) -> l
     from normrepro import plots
 
     plt = plots.plt
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
     for i, (arm, sub) in enumerate(grid.groupby("arm", sort=True)):
         color = f"C{i}"
         sub = sub.sort_values("lr")
@@ -217,10 +217,13 @@ def sweep_figure(grid: pd.DataFrame, summary: pd.DataFrame, out_stem: Path) -> l
                 ax.plot([lr], [check], "*", ms=11, color=color,
                         label=f"{arm}: {int(s['check_epochs'].iloc[0])} epochs at chosen lr")
     ax.set_xscale("log")
+    lrs = sorted(set(float(v) for v in grid["lr"]))
+    ax.set_xticks(lrs, [f"{v:g}" for v in lrs])  # the grid's values, no crowded minor labels
+    ax.minorticks_off()
     ax.set_xlabel("peak learning rate (AdamW)")
     ax.set_ylabel("held-out top-1 (%) after the last epoch")
     ax.set_title("learning-rate sweep (one seed; held-out split, never test)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: no point hidden
     fig.tight_layout()
     return plots.save_figure(fig, out_stem)
 
