@@ -416,9 +416,10 @@ def kernel_mode(request, monkeypatch):
     return request.param
 
 
-# (T, B) of the reference tests: the module's small batch (N = T*B < 32: plain column sums) and
-# one whose N = 63 takes the blocked column sums of the compiled kernels, with a partial block.
-REF_SHAPES = [(T, B), (9, 7)]
+# (T, B) of the reference tests: the module's small batch (N = T*B < 32: plain column sums), one
+# whose N = 63 takes the blocked column sums of the compiled kernels with a partial block, and
+# one whose T = 19 does the same for the sums over time (instance norm, blocks of 8 steps).
+REF_SHAPES = [(T, B), (9, 7), (19, 3)]
 
 
 def _ref_per_token_and_instance(name, x, mask, weight, bias, groups=2, eps=1e-5):
@@ -493,6 +494,11 @@ def test_colsum_blocks_equal_a_plain_sum():
         t = torch.randn(N, 24, dtype=torch.float64)
         torch._dynamo.maybe_mark_dynamic(t, 0)
         torch.testing.assert_close(fn(t), 2.0 * t.sum(0))
+    fn8 = torch.compile(lambda t: norms._colsum(t * 2.0, block=8), fullgraph=True)
+    for T_ in (3, 15, 16, 19, 40):
+        t = torch.randn(T_, 3, 24, dtype=torch.float64)
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+        torch.testing.assert_close(fn8(t), 2.0 * t.sum(0))
 
 
 def test_get_norm_layer_works_as_timm_norm_layer():

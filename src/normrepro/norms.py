@@ -328,26 +328,28 @@ def _no_autocast(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
-def _colsum(t: torch.Tensor) -> torch.Tensor:
-    """Σ over the rows of an (N, C) tensor, written so that inductor's CPU code is fast.
+def _colsum(t: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """Σ over the first dim of an (N, ...) tensor, written so that inductor's CPU code is fast.
 
-    For a plain `t.sum(0)` inductor walks each 8-channel strip down all N rows, N streams 4·C
-    bytes apart (~10x slower than ATen's sum for N = 4096, C = 512). Summing blocks of 16 rows
-    first keeps each walk inside 16 rows that sit in L1; the block sums are then added. Eager and
-    GPU code take the plain sum (the order of additions differs, the value up to rounding not).
+    For a plain `t.sum(0)` inductor walks each 8-float strip of a row down all N rows (~10x
+    slower than ATen's sum for an (N, C) = (4096, 512) tensor). Summing blocks of `block` rows
+    first keeps each walk inside a few rows that stay in L1; the block sums are then added. Rows
+    4 KiB apart or a multiple of it (the time steps of a (T, B, C) tensor) share L1 cache sets, so
+    their blocks must fit its 8 ways: `block=8` there. Eager and GPU code take the plain sum (the
+    order of additions differs, the value up to rounding not).
 
     In that loop order every per-row factor (1/RMS, the real-token weight) is used once per
-    8-channel strip, so it must come from a buffer: computed inline, its division or square root
+    8-float strip, so it must come from a buffer: computed inline, its division or square root
     would be repeated C/8 times per row. The kernels therefore pass such factors in, or return
     them (kernel outputs are always written to memory), rather than deriving them inline.
     """
     if not (t.device.type == "cpu" and torch.compiler.is_compiling()):
         return t.sum(0)
-    N, C = t.shape
-    if N < 32:  # (a guard on the dynamic N; inductor cannot lower an empty block view)
+    N = t.shape[0]
+    if N < 2 * block:  # (a guard on the dynamic N; inductor cannot lower an empty block view)
         return t.sum(0)
-    k = N // 16
-    return t[: 16 * k].view(k, 16, C).sum(1).sum(0) + t[16 * k:].sum(0)
+    k = N // block
+    return t[: block * k].view(k, block, *t.shape[1:]).sum(1).sum(0) + t[block * k:].sum(0)
 
 
 def _real_rows(pad_mask, N: int, like: torch.Tensor) -> torch.Tensor:
@@ -560,7 +562,7 @@ def _in_fwd(x, pad_mask, weight, bias, *, eps: float):
     # One pass for the mean and variance, about the sentence's first token (see `_moments`).
     p = x[0] * m[0]
     d = (x - p) * m
-    s1, s2 = d.sum(0), (d * (x - p)).sum(0)
+    s1, s2 = _colsum(d, block=8), _colsum(d * (x - p), block=8)
     shift = s1 / n
     mean = p + shift
     rstd = torch.rsqrt((s2 - s1 * shift).clamp_min(0.0) / n + eps)
@@ -572,7 +574,7 @@ def _in_bwd(gy, x, pad_mask, mean, rstd, weight):
     n = m.sum(0).clamp_min(1.0)
     xhat = (x - mean) * rstd * m
     g = gy * m
-    sg, sgz = g.sum(0), (g * xhat).sum(0)  # per sentence and channel
+    sg, sgz = _colsum(g, block=8), _colsum(g * xhat, block=8)  # per sentence and channel
     # the BN gradient within each sentence, zero at padding
     gx = (g - sg / n - xhat * (sgz / n)) * (rstd * weight) * m
     return gx, sgz.sum(0), sg.sum(0)
