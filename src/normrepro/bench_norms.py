@@ -10,8 +10,9 @@ naive implementation would use.
     python -m normrepro.bench_norms --out results/bench/norms.json
     python -m normrepro.bench_norms --profile results/bench/norms-profile.md   # where the time goes
 
-`--profile` runs torch.profiler over one forward+backward of each norm (after warm-up) and writes
-the top operators by self time as a markdown file, instead of timing.
+`--profile` runs torch.profiler over 5 forward+backward calls of each norm (after warm-up) and
+writes a summary (self time per call, ratio to LayerNorm) and the top operators by self time as a
+markdown file.
 """
 
 from __future__ import annotations
@@ -118,29 +119,40 @@ def bench(T=32, B=128, C=512, pad_frac=0.25, rounds=7, iters=20, device=None, na
     }
 
 
-def profile(T=32, B=128, C=512, pad_frac=0.25, device=None, names=None, row_limit=12) -> str:
-    """Markdown: per norm, torch.profiler's top operators (self time) of one forward+backward."""
+def profile(T=32, B=128, C=512, pad_frac=0.25, device=None, names=None, row_limit=12,
+            calls=5) -> str:
+    """Markdown: per norm, torch.profiler's self time per forward+backward (over `calls` calls)
+    and its top operators."""
     from torch.profiler import ProfilerActivity, profile as tprofile
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     x0, gy, mask = _inputs(T, B, C, pad_frac, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    parts = [f"# Where the time goes: one forward+backward per norm\n\n"
-             f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
-             f"(T, B, C) = ({T}, {B}, {C}), padding {float(mask.float().mean()):.2f}, "
-             f"after warm-up; operators sorted by self time.\n"]
+    head = (f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
+            f"(T, B, C) = ({T}, {B}, {C}), padding {float(mask.float().mean()):.2f}; {calls} "
+            f"forward+backward calls per norm after warm-up; operators sorted by self time "
+            f"(totals over the {calls} calls).\n")
+    summary, sections = {}, []
+    with tprofile(activities=activities):  # the first session pays the profiler's start-up
+        x0.clone()
     for name, (module, call) in _cases(C, mask, device, names).items():
         for _ in range(3):  # warm-up (and torch.compile)
             call(module, x0.detach().requires_grad_(True)).backward(gy)
-        x = x0.detach().requires_grad_(True)
         _sync(device)
         with tprofile(activities=activities) as prof:
-            call(module, x).backward(gy)
+            for _ in range(calls):
+                call(module, x0.detach().requires_grad_(True)).backward(gy)
             _sync(device)
-        table = prof.key_averages().table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
-        parts.append(f"\n## {name}\n\n```\n{table.rstrip()}\n```\n")
-    return "".join(parts)
+        events = prof.key_averages()
+        summary[name] = sum(getattr(e, "self_device_time_total" if device.type == "cuda"
+                                    else "self_cpu_time_total") for e in events) / calls / 1e3
+        table = events.table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
+        sections.append(f"\n### {name}\n\n```\n{table.rstrip()}\n```\n")
+    base = summary[BASELINE]
+    rows = "".join(f"| {n} | {ms:.2f} | {ms / base:.2f} |\n" for n, ms in summary.items())
+    return (f"{head}\n| case | self time per call (ms) | / LayerNorm |\n| --- | --- | --- |\n"
+            f"{rows}" + "".join(sections))
 
 
 @cli
@@ -151,14 +163,18 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--norms", default=None,
                     help="comma-separated subset of the cases (LayerNorm is always included)")
     args = ap.parse_args(argv)
     if not (args.out or args.profile):
         ap.error("give --out and/or --profile")
     names = [n.strip() for n in args.norms.split(",")] if args.norms else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.profile:
-        atomic_write_text(args.profile, profile(device=args.device, names=names))
+        atomic_write_text(args.profile, "# Where the time goes: forward+backward of each norm\n\n"
+                          + profile(device=args.device, names=names))
         print(f"wrote {args.profile}")
     if args.out:
         res = bench(rounds=args.rounds, iters=args.iters, device=args.device, names=names)

@@ -387,12 +387,11 @@ def _bn_fwd(x, pad_mask, weight, bias, running_mean, running_var, momentum, *, e
     # torch's BatchNorm update (unbiased running variance); none when no token is real
     mom = momentum * (n_real > 0).to(x.dtype)
     unbiased = var * n_real / (n_real - 1).clamp_min(1.0)
-    return (y, m1, mean, rstd, running_mean * (1 - mom) + mom * mean,
+    return (y, m1, n, mean, rstd, running_mean * (1 - mom) + mom * mean,
             running_var * (1 - mom) + mom * unbiased)
 
 
-def _bn_bwd(gy, x, m1, mean, rstd, weight):
-    n = m1.sum().clamp_min(1.0)
+def _bn_bwd(gy, x, m1, n, mean, rstd, weight):
     z = (x - mean) * rstd
     gym = gy * m1
     gbias, gweight = _colsum(gym), _colsum(gym * z)
@@ -415,17 +414,17 @@ class _MaskedBatchNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, pad_mask, weight, bias, running_mean, running_var, momentum, eps):
         with _no_autocast(x.device.type):
-            y, m1, mean, rstd, rm, rv = _BN_FWD(x, pad_mask, weight, bias, running_mean,
-                                                running_var, momentum, eps=eps)
-        ctx.save_for_backward(x, m1, mean, rstd, weight)
+            y, m1, n, mean, rstd, rm, rv = _BN_FWD(x, pad_mask, weight, bias, running_mean,
+                                                   running_var, momentum, eps=eps)
+        ctx.save_for_backward(x, m1, n, mean, rstd, weight)
         ctx.mark_non_differentiable(rm, rv)
         return y, rm, rv
 
     @staticmethod
     def backward(ctx, gy, _grm, _grv):
-        x, m1, mean, rstd, weight = ctx.saved_tensors
+        x, m1, n, mean, rstd, weight = ctx.saved_tensors
         with _no_autocast(gy.device.type):
-            gx, gweight, gbias = _BN_BWD(gy.contiguous(), x, m1, mean, rstd, weight)
+            gx, gweight, gbias = _BN_BWD(gy.contiguous(), x, m1, n, mean, rstd, weight)
         return (gx, None, gweight if ctx.needs_input_grad[2] else None,
                 gbias if ctx.needs_input_grad[3] else None, None, None, None, None)
 
@@ -622,14 +621,13 @@ def _bno_fwd(x, pad_mask, weight, bias, running_mean, running_var, momentum, *, 
     # F.batch_norm's update over the N rows (unbiased variance); none when no token is real
     mom = momentum * (n_real > 0).to(x.dtype)
     unbiased = var * N / (N - 1 if N > 1 else 1)
-    # m1 and s are returned (buffers, see `_colsum`) and saved for the backward
-    return (y, m1, s, mean, rstd, running_mean * (1 - mom) + mom * mean,
+    # m1 and s are returned (buffers, see `_colsum`) and saved for the backward, with n
+    return (y, m1, n, s, mean, rstd, running_mean * (1 - mom) + mom * mean,
             running_var * (1 - mom) + mom * unbiased)
 
 
-def _bno_bwd(gy, x, m1, s, mean, rstd, weight):
+def _bno_bwd(gy, x, m1, n, s, mean, rstd, weight):
     N, C = x.shape
-    n = m1.sum().clamp_min(1.0)
     u = x * s
     zhat = (u - mean) * rstd * m1  # normalised z; exactly 0 at padding (z = μ there)
     gbias, gweight, g_real = _colsum(gy), _colsum(gy * zhat), _colsum(gy * m1)
@@ -655,18 +653,18 @@ class _OfficialBatchNormFn(torch.autograd.Function):
     def forward(ctx, x, pad_mask, weight, bias, running_mean, running_var, momentum, eps,
                 scale_eps):
         with _no_autocast(x.device.type):
-            y, m1, s, mean, rstd, rm, rv = _BNO_FWD(x, pad_mask, weight, bias, running_mean,
-                                                    running_var, momentum, eps=eps,
-                                                    scale_eps=scale_eps)
-        ctx.save_for_backward(x, m1, s, mean, rstd, weight)
+            y, m1, n, s, mean, rstd, rm, rv = _BNO_FWD(x, pad_mask, weight, bias, running_mean,
+                                                       running_var, momentum, eps=eps,
+                                                       scale_eps=scale_eps)
+        ctx.save_for_backward(x, m1, n, s, mean, rstd, weight)
         ctx.mark_non_differentiable(rm, rv)
         return y, rm, rv
 
     @staticmethod
     def backward(ctx, gy, _grm, _grv):
-        x, m1, s, mean, rstd, weight = ctx.saved_tensors
+        x, m1, n, s, mean, rstd, weight = ctx.saved_tensors
         with _no_autocast(gy.device.type):
-            gx, gweight, gbias = _BNO_BWD(gy.contiguous(), x, m1, s, mean, rstd, weight)
+            gx, gweight, gbias = _BNO_BWD(gy.contiguous(), x, m1, n, s, mean, rstd, weight)
         return (gx, None, gweight if ctx.needs_input_grad[2] else None,
                 gbias if ctx.needs_input_grad[3] else None) + (None,) * 5
 
