@@ -1,0 +1,32 @@
+"""Tests of `make bench-norms` (normrepro.bench_norms) at a tiny size: the interleaved timing's
+JSON (ratios, targets) and the profiler summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from normrepro import bench_norms
+
+
+def test_bench_reports_per_round_ratios_and_targets():
+    res = bench_norms.bench(T=4, B=4, C=8, rounds=2, iters=1, names=["batch", "rms"])
+    assert set(res["results"]) == {bench_norms.BASELINE, "batch", "rms"}
+    assert res["results"][bench_norms.BASELINE]["ratio_to_layernorm"] == pytest.approx(1.0)
+    for name in ("batch", "rms"):
+        r = res["results"][name]
+        assert r["target_ratio"] == bench_norms.TARGETS[name]
+        assert r["meets_target"] == (r["ratio_to_layernorm"] <= r["target_ratio"])
+    json.dumps(res, default=str)
+
+
+def test_unknown_case_is_a_user_error():
+    with pytest.raises(bench_norms.UserError, match="unknown"):
+        bench_norms.bench(T=4, B=4, C=8, rounds=1, iters=1, names=["batchnorm"])
+
+
+def test_profile_writes_a_summary_and_one_table_per_case():
+    md = bench_norms.profile(T=4, B=4, C=8, names=["group"], calls=1)
+    assert "| case | self time per call (ms) | / LayerNorm |" in md
+    assert md.count("\n### ") == 2 and "### group" in md
