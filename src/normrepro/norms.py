@@ -61,8 +61,13 @@ The paper's ν_t in Algorithm 2 is (1−α_bkw)·ema_gz: the official update
 ema_gz ← ema_gz + mean(approx·z) equals ν_t = ν_{t−1}(1 − (1−α)Γ) + (1−α)Λ with Γ = mean(z²) and
 Λ = mean(g·z); `tests/test_norms.py` checks this step by step.
 
-`batch` and `power` have fused autograd functions (a handful of vectorised passes instead of the
-official ~15), checked against straightforward float64 references in the tests.
+`batch`, `bn_official` (training), `power`, `rms`, `group` and `instance` run as fused autograd
+functions: one compiled forward and one compiled backward kernel each (`torch.compile`; the same
+code runs eagerly when compilation is unavailable, under `eager_kernels()` or with
+`NORMREPRO_COMPILE=0`), with hand-written backward passes that reuse the forward's statistics.
+Both paths are checked against straightforward float64 references and transcriptions of the
+official code in the tests. On CPU a forward is a statistics pass and an output pass, a backward
+a column-sum pass and an input-gradient pass (LayerNorm: one pass each way).
 
 **Synchronised BatchNorm** (`sync_batch`, `sync_batch2d`). `torch.nn.SyncBatchNorm` (and so
 Lightning's `sync_batchnorm=True`) refuses CPU modules, so these are our own: in a training forward
