@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch import nn
 
-from normrepro.config import ConfigError, resolve
+from normrepro.config import ConfigError, load_profile, resolve
 from normrepro.convnext import data as cxdata
 from normrepro.convnext.model import (build_model, count_buffers, count_parameters, norm_modules,
                                       param_groups)
@@ -75,11 +75,19 @@ def test_readme_quotes_the_numbers_of_paper_yaml():
 
 
 def test_arms_differ_only_in_the_norm():
-    bn, ln = (resolve(REPL, "cpu", arm, 0) for arm in ("bn", "ln"))
-    for cfg in (bn, ln):
-        cfg.pop("arm")
-        cfg["model"].pop("norm")
-    assert bn == ln
+    """The arm files change the norm only; a profile may add each arm's own lr (chosen on
+    held-out data by the sweep) and nothing else."""
+    for profile in ("smoke", "cpu", "gpu", "paper"):
+        bn, ln = (resolve(REPL, profile, arm, 0) for arm in ("bn", "ln"))
+        assert bn["model"]["norm"] != ln["model"]["norm"]
+        for cfg in (bn, ln):
+            cfg.pop("arm")
+            cfg["model"].pop("norm")
+            cfg["optim"].pop("lr")
+        assert bn == ln, profile
+        overrides = load_profile(REPL, profile).get("arm_overrides") or {}
+        for arm, part in overrides.items():
+            assert part == {"optim": {"lr": part["optim"]["lr"]}}, (profile, arm)
 
 
 def test_paper_profile_effective_batch_is_4096():
