@@ -633,3 +633,22 @@ def test_tokenized_bleu_does_not_warn_about_tokenized_text(caplog):
     with caplog.at_level(logging.WARNING, logger="sacrebleu"):
         BLEU(tokenize="none", lowercase=True, smooth_method="none").corpus_score(hyps, [refs])
     assert [r for r in caplog.records if "detokenize" in r.getMessage()]
+
+
+def test_bpe_learning_writes_no_progress_frames_into_a_log(tmp_path):
+    """subword-nmt's tqdm bar is carriage-return noise in a pipeline log (stderr not a terminal).
+    tqdm reads TQDM_DISABLE when it is imported, so this runs in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    text = tmp_path / "train.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 40, encoding="utf-8")
+    code = ("import sys; from pathlib import Path; from normrepro.translation.prepare import "
+            "learn_joint_bpe; learn_joint_bpe([Path(sys.argv[1])], Path(sys.argv[2]), 15)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM")}
+    proc = subprocess.run([sys.executable, "-c", code, str(text), str(tmp_path / "codes")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "codes").read_text(encoding="utf-8").splitlines()) > 1
+    assert "it/s" not in proc.stderr and "\r" not in proc.stderr, proc.stderr

@@ -120,11 +120,11 @@ def moses_tokenize(lines: Sequence[str], lang: str, workers: int = 1, lower: boo
 
 def learn_joint_bpe(train_files: Iterable[Path], codes: Path, num_symbols: int) -> None:
     """Learn `num_symbols` BPE merges on the concatenation of the training files of both sides."""
-    from subword_nmt.learn_bpe import learn_bpe
-
     from normrepro.progress import quiet_libraries
 
-    quiet_libraries()  # no tqdm frames in logs
+    # No tqdm frames in logs: tqdm reads TQDM_DISABLE when it is imported, so this comes first.
+    quiet_libraries()
+    from subword_nmt.learn_bpe import learn_bpe
 
     text = "".join(Path(f).read_text(encoding="utf-8") for f in train_files)
     import io
