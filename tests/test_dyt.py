@@ -14,7 +14,7 @@ from torch import nn
 from normrepro import schema
 from normrepro.convnext.model import build_model, count_parameters, norm_modules
 from normrepro.insights.causal import METRICS, Case, measure
-from normrepro.norm_dyt import DyT, DyT2d
+from normrepro.norms.dyt import DyT, DyT2d
 from normrepro.norms import IMAGE_NORMS, SEQUENCE_NORMS, create_norm, get_norm_layer
 
 T, B, C = 5, 3, 6

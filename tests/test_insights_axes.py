@@ -17,6 +17,7 @@ EXPECTED = {
     "group": ("one", "4 of 8", "one"),
     "instance": ("one", "one", "all"),
     "batch": ("all", "one", "all"),
+    "batch_unmasked": ("all", "one", "all"),  # no padding here: the same as batch
     "bn_official": ("all", "all", "all"),  # the token's RMS over C, then statistics over B × T
     "sync_batch": ("all", "one", "all"),
     "power_vanilla": ("all", "one", "all"),

@@ -153,7 +153,7 @@ def test_recording_is_off_by_default_and_uses_the_fused_path(name, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the eager recording path ran with record_stats off")
 
-    monkeypatch.setattr(norms, "_bn_train_eager", forbidden)
+    monkeypatch.setattr(norms.batch, "_bn_train_eager", forbidden)
     norm = create_norm(name, 4).train()
     assert norm.record_stats is False
     x = torch.randn(3, 2, 4) if name in norms.SEQUENCE_NORMS else torch.randn(2, 4, 3, 3)

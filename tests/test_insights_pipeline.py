@@ -29,17 +29,6 @@ PROFILES = sorted(p.stem for p in (REPL / "profiles").glob("*.yaml"))
 TINY_CONVNEXT = {"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]}
 
 
-@pytest.fixture(autouse=True)
-def registry():
-    """Undo `register_unmasked_norm()` after each test."""
-    before = dict(norms._REGISTRY), dict(norms.SEQUENCE_NORMS), norms.NORM_NAMES
-    yield
-    for saved, live in ((before[0], norms._REGISTRY), (before[1], norms.SEQUENCE_NORMS)):
-        live.clear()
-        live.update(saved)
-    norms.NORM_NAMES = before[2]
-
-
 # ------------------------------------------------------------------------ unmasked BatchNorm
 
 def _padded(seed=0, T=5, B=3, C=4):
@@ -51,8 +40,6 @@ def _padded(seed=0, T=5, B=3, C=4):
 
 
 def test_unmasked_bn_counts_padding_and_masked_does_not():
-    ins_pad.register_unmasked_norm()
-    ins_pad.register_unmasked_norm()  # idempotent
     assert ins_pad.UNMASKED in norms.NORM_NAMES and norms.is_sequence_norm(ins_pad.UNMASKED)
     x, mask = _padded()
     T, B, C = x.shape
@@ -245,16 +232,10 @@ def text_runs(text_data, tmp_path_factory) -> dict[str, Path]:
     """The masked and the unmasked text run, trained for a few updates with the recorder."""
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    before = dict(norms._REGISTRY), dict(norms.SEQUENCE_NORMS), norms.NORM_NAMES
-    try:
-        for run in ("text-bn", "text-bn_unmasked"):
-            folder = root / run
-            ins_runs.train_run(_write(_text_cfg(run), folder), folder, text_data)
-            out[run] = folder
-    finally:  # module scope: undo the registration here (the autouse fixture is per test)
-        norms._REGISTRY.clear(), norms._REGISTRY.update(before[0])
-        norms.SEQUENCE_NORMS.clear(), norms.SEQUENCE_NORMS.update(before[1])
-        norms.NORM_NAMES = before[2]
+    for run in ("text-bn", "text-bn_unmasked"):
+        folder = root / run
+        ins_runs.train_run(_write(_text_cfg(run), folder), folder, text_data)
+        out[run] = folder
     return out
 
 

@@ -29,8 +29,8 @@ def _run(norm, x, mask=None):
 # ---------------------------------------------------------------- registry and input checks
 
 def test_registry_names():
-    for name in ["layer", "batch", "sync_batch", "power_vanilla", "power", "rms", "group",
-                 "instance", "layer2d", "batch2d", "sync_batch2d", "group2d", "instance2d"]:
+    for name in ["layer", "batch", "batch_unmasked", "sync_batch", "power_vanilla", "power", "rms",
+                 "group", "instance", "layer2d", "batch2d", "sync_batch2d", "group2d", "instance2d"]:
         assert name in NORM_NAMES
     assert set(NORM_NAMES) == set(SEQUENCE_NORMS) | set(IMAGE_NORMS)
 
@@ -100,6 +100,8 @@ def _seq_expect(name, t0, b0, c0, mask, groups=2):
         exp[:, b0, c0] = real[:, b0]
     elif name in ("batch", "sync_batch", "power_vanilla"):  # sync_batch: no process group here
         exp[:, :, c0] = real
+    elif name == "batch_unmasked":  # padding counted and not zeroed: every position moves
+        exp[:, :, c0] = True
     elif name == "bn_official":
         # The token's root-mean-square scaling touches all its channels; every channel's batch
         # statistics then move, and so does every real token. Padding holds the real mean, which
@@ -205,6 +207,8 @@ def test_all_padding_batch_gives_no_nan(name):
     y = norm(x, pad_mask=torch.ones(B, T, dtype=torch.bool))
     y.sum().backward()
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    if name == "batch_unmasked":  # padding is data to it: its running statistics move
+        return
     for k, v in before.items():
         if k != "ema_gz":
             torch.testing.assert_close(dict(norm.named_buffers())[k], v)
@@ -406,12 +410,12 @@ def test_power_backward_statistics_include_padding_as_upstream():
 @pytest.fixture(params=["compiled", "eager"])
 def kernel_mode(request, monkeypatch):
     """Run a test once through torch.compile'd kernels and once through the eager fallback."""
-    from normrepro import norms
+    from normrepro.norms import kernels
 
     if request.param == "eager":
-        for k in norms._KERNELS:
+        for k in kernels._KERNELS:
             monkeypatch.setattr(k, "_failed", True)
-    elif norms._COMPILE_MODE in ("0", "false", "no", "off"):
+    elif kernels._COMPILE_MODE in ("0", "false", "no", "off"):
         pytest.skip("NORMREPRO_COMPILE=0")
     return request.param
 
@@ -469,7 +473,7 @@ def test_per_token_and_instance_norms_match_references(name, affine, T=T, B=B):
 
 
 def test_fused_kernels_match_references_in_both_modes(kernel_mode):
-    from normrepro import norms
+    from normrepro.norms import kernels
 
     for Tn, Bn in REF_SHAPES:
         test_masked_batchnorm_equals_batchnorm_on_real_tokens(T=Tn, B=Bn)
@@ -480,21 +484,21 @@ def test_fused_kernels_match_references_in_both_modes(kernel_mode):
                 test_per_token_and_instance_norms_match_references(name, affine, T=Tn, B=Bn)
     test_power_equals_paper_algorithm2_reparametrisation()
     if kernel_mode == "compiled":  # the compiled path really ran (no silent eager fallback)
-        inactive = [k.fn.__name__ for k in norms._KERNELS if not k.active]
+        inactive = [k.fn.__name__ for k in kernels._KERNELS if not k.active]
         assert not inactive, f"kernels that fell back to eager: {inactive}"
 
 
 def test_colsum_blocks_equal_a_plain_sum():
     """The compiled column sum (blocks of 16 rows, then a partial block) at the sizes where its
     branches change: below 32 rows, a whole number of blocks, and a partial last block."""
-    from normrepro import norms
+    from normrepro.norms import kernels
 
-    fn = torch.compile(lambda t: norms._colsum(t * 2.0), fullgraph=True)
+    fn = torch.compile(lambda t: kernels._colsum(t * 2.0), fullgraph=True)
     for N in (5, 31, 32, 48, 63, 100):
         t = torch.randn(N, 24, dtype=torch.float64)
         torch._dynamo.maybe_mark_dynamic(t, 0)
         torch.testing.assert_close(fn(t), 2.0 * t.sum(0))
-    fn8 = torch.compile(lambda t: norms._colsum(t * 2.0, block=8), fullgraph=True)
+    fn8 = torch.compile(lambda t: kernels._colsum(t * 2.0, block=8), fullgraph=True)
     for T_ in (3, 15, 16, 19, 40):
         t = torch.randn(T_, 3, 24, dtype=torch.float64)
         torch._dynamo.maybe_mark_dynamic(t, 0)

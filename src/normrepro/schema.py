@@ -47,11 +47,11 @@ def _choice_problem(value: str, choices: list[str], what: str) -> Optional[str]:
 
 # The registry's names and the image data sets, kept here so that checking a config imports
 # neither torch nor the data modules (a make command is checked in well under a second); tests
-# check they equal normrepro.norms' registry and normrepro.convnext.data.DATASETS. Norms that a
-# module registers at run time (e.g. the insights' `batch_unmasked`) count once it is imported.
+# check they equal normrepro.norms' registry and normrepro.convnext.data.DATASETS. A norm added
+# at run time with `normrepro.norms.register_norm` counts once it is registered.
 IMAGE_NORM_NAMES = ("layer2d", "batch2d", "sync_batch2d", "group2d", "instance2d", "dyt2d")
-SEQUENCE_NORM_NAMES = ("layer", "batch", "bn_official", "sync_batch", "power_vanilla", "power",
-                       "rms", "group", "instance", "dyt")
+SEQUENCE_NORM_NAMES = ("layer", "batch", "batch_unmasked", "bn_official", "sync_batch",
+                       "power_vanilla", "power", "rms", "group", "instance", "dyt")
 IMAGE_DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenette", "imagenet")
 
 

@@ -12,8 +12,9 @@ CSV and a figure (PNG + PDF, atomically) in seconds on a CPU:
   as normalisation cubes, with the answer to "is transformer LayerNorm instance norm?".
 * `sync_cost`: the extra collectives and time of synchronised BatchNorm under a 2-process gloo
   group (`distributed.spawn_group` starts the processes).
-* `padding`: the `batch_unmasked` norm (padding counted in the statistics) and how far masked and
-  unmasked statistics differ with the padding fraction of real batches; the two trainings compared.
+* `padding`: how far masked (`batch`) and unmasked (`batch_unmasked`, padding counted in the
+  statistics) BN statistics differ with the padding fraction of real batches; the two trainings
+  compared.
 * `ddp`: per-worker vs global BN statistics during a Lightning DDP fit (`WorkerStatsCallback`) and
   the per-worker vs synchronised BN comparison.
 * `runs`: the training runs behind them (arms of the two replications with a recorder attached),

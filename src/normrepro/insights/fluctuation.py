@@ -7,7 +7,8 @@ and how large the loss gradients with respect to the batch statistics are (backw
 on text they are large and erratic, which is why BN hurts transformers.
 
 The numbers come from the norms themselves (`record_stats` / `last_stats`, see
-`normrepro.norms`); this module switches recording on for chosen layers and collects rows:
+"Batch-statistic recording" in `normrepro.norms.batch`); this module switches recording on for
+chosen layers and collects rows:
 
 * `BatchStatsRecorder(model, layers)`: select layers, `enable()` / `disable()` (or `with`),
   `collect(**meta)` after the backward of a recorded step, `to_csv(path)`.
@@ -36,7 +37,6 @@ from torch import nn
 
 from normrepro.errors import cli
 from normrepro.io import atomic_path
-from normrepro.norms import records_stats
 
 STATS = ("mu_dist", "var_dist", "psi_dist", "g_mu", "g_var", "g_psi")
 COLUMNS = ("step", "epoch", "pct_training", "rank", "layer", "norm", "n") + STATS
@@ -52,6 +52,11 @@ LABELS = {
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 
 
+def records_stats(module: nn.Module) -> bool:
+    """Whether `module` supports `record_stats` (the BN family and PN-V)."""
+    return hasattr(module, "record_stats") and hasattr(module, "last_stats")
+
+
 def select_layers(model: nn.Module, layers: LayerSelector = None) -> dict[str, nn.Module]:
     """The recordable norm modules of `model` chosen by `layers`, by qualified name.
 
@@ -62,8 +67,8 @@ def select_layers(model: nn.Module, layers: LayerSelector = None) -> dict[str, n
     if not candidates:
         raise ValueError(
             f"{type(model).__name__} has no layer that records batch statistics; only the "
-            "registry's 'batch', 'batch2d', 'sync_batch', 'sync_batch2d' and 'power_vanilla' do "
-            "(is this an arm with LayerNorm?)")
+            "registry's 'batch', 'batch_unmasked', 'batch2d', 'sync_batch', 'sync_batch2d' and "
+            "'power_vanilla' do (is this an arm with LayerNorm?)")
     if layers is None:
         return candidates
     if callable(layers):

@@ -3,9 +3,9 @@
 Sentences in a batch have different lengths, so a (T, B, C) batch is padded. The registry's
 `batch` norm computes its statistics over the real tokens only (masked BN). A BatchNorm that
 ignores the mask, as `torch.nn.BatchNorm1d` applied to the flattened (T·B, C) tokens would, counts
-the padding positions too; this module adds that norm to the registry as `batch_unmasked`
-(`register_unmasked_norm()`), so a translation config selects it by name
-(`model.encoder_norm: batch_unmasked`), and measures the difference two ways:
+the padding positions too; the registry has that norm as `batch_unmasked`
+(`normrepro.norms.batch.UnmaskedBatchNorm`), so a translation config selects it by name
+(`model.encoder_norm: batch_unmasked`). This module measures the difference two ways:
 
 * **Statistics vs padding fraction.** Real training batches go through the encoder of a trained
   masked-BN model (eval mode, weights of its last snapshot); a forward pre-hook on every encoder
@@ -41,34 +41,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from normrepro import norms
 from normrepro.errors import cli
 from normrepro.io import atomic_path
-from normrepro.norms import MaskedBatchNorm
 
-UNMASKED = "batch_unmasked"
+UNMASKED = "batch_unmasked"  # the registry's BatchNorm that counts padding
 METRICS = ("mu_dist", "var_dist", "mu_shift_sd", "var_rel_change", "out_change")
 DEFAULT_BINS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 EPS = 1e-5
-
-
-class UnmaskedBatchNorm(MaskedBatchNorm):
-    """`batch` with padding counted: statistics over all T×B positions of a (T, B, C) batch.
-
-    `pad_mask` is accepted, because the model passes it to every norm, and deliberately ignored;
-    the output at padding positions is therefore not zeroed either. Parameters, buffers, the
-    running-statistics update and batch-statistic recording are those of `batch`.
-    """
-
-    def forward(self, x, pad_mask=None):  # noqa: D102
-        return super().forward(x, None)
-
-
-def register_unmasked_norm() -> None:
-    """Add `batch_unmasked` to the norm registry (idempotent). Every process that builds a model
-    naming it must call this first: the registry lives in the process."""
-    if norms.SEQUENCE_NORMS.get(UNMASKED) is not UnmaskedBatchNorm:
-        norms.register_norm(UNMASKED, UnmaskedBatchNorm, sequence=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +116,6 @@ def load_trained_model(run: str | Path, dictionary):
     from normrepro.translation.common import load_weights, model_args
     from normrepro.translation.model import build_model
 
-    register_unmasked_norm()
     run = Path(run)
     cfg = load_yaml(run / "config.yaml")
     model = build_model(model_args(cfg), dictionary, dictionary)

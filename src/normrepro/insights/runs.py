@@ -76,10 +76,6 @@ def resolve_run(profile: str, run: str, repl_dir: str | Path = REPL_DIR,
                           "the runs start from) is not set")
     # JSON is YAML, so set_dotted parses these values back exactly (lists, dicts, null).
     overrides = [f"{k}={json.dumps(v)}" for k, v in (spec.get("set") or {}).items()]
-    if spec["replication"] == "powernorm":
-        from normrepro.insights.padding import register_unmasked_norm
-
-        register_unmasked_norm()  # the padding runs name `batch_unmasked`
     cfg = resolve(repl_dir.parent / spec["replication"], upstream, spec["arm"], int(spec["seed"]),
                   overrides, override_source=f"{repl_dir}/profiles/{prof['profile']}.yaml runs.{run}.set")
     cfg["insights"] = {"run": run, "profile": prof["profile"], "upstream_profile": upstream,
@@ -145,13 +141,11 @@ def _train_image(cfg: dict, out: Path) -> dict:
 
 
 def _train_text(cfg: dict, out: Path, data: Path) -> dict:
-    from normrepro.insights.padding import register_unmasked_norm
     from normrepro.provenance import write_env_json
     from normrepro.rundir import stamp_text, sync_stamp
     from normrepro.translation.common import quiet_logging, run_paths, set_threads, verified_data
     from normrepro.translation.train import NOT_TRAINING, PARTIAL, build
 
-    register_unmasked_norm()  # configs may name `batch_unmasked`
     quiet_logging()
     set_threads(cfg["trainer"].get("threads"))
     paths = run_paths(out)

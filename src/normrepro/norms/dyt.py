@@ -11,7 +11,7 @@ the parameters only. So its "reduction axes" are none (`normrepro.insights.axes`
 changed output per changed input), padding cannot change a real token's output, and a causal
 model cannot leak through it; train and eval compute the same function.
 
-Two registry names, as for the other norms (`normrepro.norms` registers them):
+Two registry names, as for the other norms:
 
 * `dyt`: sequences, `(T, B, C)`, called `norm(x, pad_mask=None)`; `pad_mask` is checked like the
   other sequence norms' and otherwise ignored (padding positions get DyT of whatever they hold).
@@ -22,15 +22,14 @@ The parameters are named and shaped as in the official `DynamicTanh` (`alpha` of
 `weight`, `bias`), so its state dicts load here. Unlike the registry's norms, DyT takes no `eps`
 (there is nothing to divide by): `create_norm("dyt", C, eps=...)` is an error, not a no-op.
 `affine=False` drops γ and β (α stays learnable: without it the layer is not DyT).
-
-This module imports only torch, so `normrepro.norms` can import it without a cycle; its input
-checks repeat the registry's messages.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from normrepro.norms.common import _check_img, _check_seq
 
 __all__ = ["DyT", "DyT2d"]
 
@@ -58,21 +57,7 @@ class DyT(_DyTBase):
     """`dyt`: Dynamic Tanh on a `(T, B, C)` sequence; `pad_mask` (B, T) is accepted and ignored."""
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:  # noqa: D102
-        if x.dim() != 3:
-            raise ValueError(
-                f"{type(self).__name__} expects a (T, B, C) sequence tensor, got shape "
-                f"{tuple(x.shape)}; images use the '2d' variants (e.g. 'dyt2d')")
-        if x.shape[-1] != self.num_features:
-            raise ValueError(
-                f"{type(self).__name__} was built for C={self.num_features} channels but the "
-                f"input has C={x.shape[-1]} (shape {tuple(x.shape)}, layout (T, B, C))")
-        if pad_mask is not None:
-            if pad_mask.shape != (x.shape[1], x.shape[0]):
-                raise ValueError(
-                    f"pad_mask must have shape (B, T) = ({x.shape[1]}, {x.shape[0]}) for input "
-                    f"(T, B, C) = {tuple(x.shape)}, got {tuple(pad_mask.shape)}")
-            if pad_mask.dtype != torch.bool:
-                raise ValueError(f"pad_mask must be a bool tensor (True at padding), got {pad_mask.dtype}")
+        _check_seq(self, x, pad_mask, image_name="dyt2d")
         return self._dyt(x, (self.num_features,))
 
 
@@ -80,12 +65,5 @@ class DyT2d(_DyTBase):
     """`dyt2d`: Dynamic Tanh on a `(B, C, H, W)` map, γ and β per channel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if x.dim() != 4:
-            raise ValueError(
-                f"{type(self).__name__} expects a (B, C, H, W) image tensor, got shape "
-                f"{tuple(x.shape)}; sequences use the names without '2d' (e.g. 'dyt')")
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"{type(self).__name__} was built for C={self.num_features} channels but the "
-                f"input has C={x.shape[1]} (shape {tuple(x.shape)}, layout (B, C, H, W))")
+        _check_img(self, x, sequence_name="dyt")
         return self._dyt(x, (self.num_features, 1, 1))
