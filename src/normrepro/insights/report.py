@@ -264,7 +264,7 @@ def section_padding(results: Path, report_path: Path) -> tuple[str, str]:
                  _args(results, "padding"))]
     text = "\n\n".join([
         "## 2. Padding and variable length: what does counting padding do to BatchNorm?",
-        "Unmasked BN (`batch_unmasked`, registered by `normrepro.insights.padding`) is the registry's "
+        "Unmasked BN (`batch_unmasked`, in the registry, `normrepro.norms.batch`) is the registry's "
         "masked `batch` with the mask ignored: its statistics run over all T×B positions, padding "
         "included. Each point of the first three panels is one training batch passed through the "
         "encoder of the trained masked-BN model; the statistics of each encoder norm's input are "
