@@ -68,7 +68,8 @@ def test_every_config_resolves_and_instantiates(profile, arm):
 def test_readme_quotes_the_numbers_of_paper_yaml():
     paper = yaml.safe_load((REPL / "paper.yaml").read_text())
     readme = (REPL / "README.md").read_text()
-    r50, r200 = paper["results"]["resnet50_regime"], paper["results"]["resnet200_regime"]
+    r50 = paper["results"]["resnet50_regime"]["arms"]
+    r200 = paper["results"]["resnet200_regime"]["arms"]
     assert (f"BN {r50['bn']['mean']:.2f} ± {r50['bn']['std']:.2f} → "
             f"LN {r50['ln']['mean']:.2f} ± {r50['ln']['std']:.2f}") in readme
     assert f"BN {r200['bn']['mean']:.2f} → LN {r200['ln']['mean']:.2f}" in readme

@@ -180,7 +180,8 @@ def test_stages_summarize_plot_report_with_a_diverged_run(processed_root, tmp_pa
     cxeval.evaluate(run)
     runs.append(str(run))
 
-    assert cxsum.main(["--out", str(ds / "summary.csv"), "--runs", *runs]) == 0
+    assert cxsum.main(["--out", str(ds / "summary.csv"), "--runs", *runs,
+                       "--paper", str(REPL / "paper.yaml")]) == 0
     summary = pd.read_csv(ds / "summary.csv")
     bn = summary[(summary["name"] == "bn") & (summary["metric"] == "test_top1")].iloc[0]
     assert bn["n"] == 2 and bn["n_runs"] == 3 and bn["n_diverged"] == 1

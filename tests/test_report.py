@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +16,9 @@ from normrepro.convnext import plot as cxplot
 from normrepro.convnext import report as cxreport
 from normrepro.convnext import summarize as cxsum
 from normrepro.convnext.metrics import write_metrics_csv
-from normrepro.convnext.paper import load_paper, regime_table, welch_from_stats
+from normrepro.paper import load_paper, verdict
 from normrepro.provenance import write_env_json
-from normrepro.stats import diff_ci, format_pm, paired_diff_ci
+from normrepro.stats import format_pm, paired_diff_ci
 
 REPL = Path(__file__).resolve().parents[1] / "replications" / "convnext"
 
@@ -98,24 +97,7 @@ def test_plots_write_png_and_pdf(tmp_path):
     assert (tmp_path / "ovp.pdf").read_bytes() == before
 
 
-# ---------------------------------------------------------------- ConvNeXt verdict and paper
-
-# The verdict rule's cases are in test_convnext_sweep.py (paired interval, divergence).
-
-
-def test_paper_numbers_come_from_paper_yaml():
-    raw = yaml.safe_load((REPL / "paper.yaml").read_text())
-    paper = load_paper(REPL / "paper.yaml")
-    table = regime_table(paper)
-    primary = raw["results"][raw["primary"]]
-    assert [a["mean"] for a in table["arms"]] == [primary["bn"]["mean"], primary["ln"]["mean"]]
-    assert table["diff"]["diff"] == pytest.approx(primary["ln"]["mean"] - primary["bn"]["mean"])
-    # The Welch interval from summary statistics matches the one from raw values with that spread.
-    a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0]
-    ref = diff_ci(a, b)
-    got = welch_from_stats(2.0, 1.0, 3, 4.0, 2.0, 3)
-    assert got["diff"] == pytest.approx(ref["diff"]) and got["ci_half"] == pytest.approx(ref["ci_half"])
-    assert math.isnan(welch_from_stats(1.0, None, 3, 2.0, 0.1, 3)["ci_half"])
+# The paper's numbers and the verdict rule's cases are in test_paper.py.
 
 
 # ---------------------------------------------------------------- ConvNeXt report end to end
@@ -153,7 +135,8 @@ def test_convnext_report_from_hand_made_results(tmp_path):
     results = tmp_path / "results" / "convnext"
     runs = _hand_made_results(results)
     ds = results / "fashion-mnist"
-    assert cxsum.main(["--out", str(ds / "summary.csv"), "--runs", *map(str, runs)]) == 0
+    assert cxsum.main(["--out", str(ds / "summary.csv"), "--runs", *map(str, runs),
+                       "--paper", str(REPL / "paper.yaml")]) == 0
     assert cxplot.main(["--summary", str(ds / "summary.csv"), "--paper", str(REPL / "paper.yaml"),
                         "--out-dir", str(results / "figures")]) == 0
     out = results / "report.md"
@@ -162,15 +145,20 @@ def test_convnext_report_from_hand_made_results(tmp_path):
     text = out.read_text()
 
     d = paired_diff_ci(dict(enumerate(BN)), dict(enumerate(LN)))  # seeds 0-2 in both arms
-    category, sentence = cxreport.verdict(d["diff"], d["ci_low"], d["ci_high"], 0.5, 3, 0, 1)
-    assert f"LN − BN = {d['diff']:+.2f} ± {d['ci_half']:.2f} points" in text
+    claim = load_paper(REPL / "paper.yaml").claims[0]
+    margin = claim.tests[0].margin
+    category, sentence = verdict("non_inferiority", d["diff"], d["ci_low"], d["ci_high"], margin, 3,
+                                 "BN", "LN", 1, 0, unit="points")  # BN diverged once
+    assert f"LN − BN = **{d['diff']:+.2f} ± {d['ci_half']:.2f}** points" in text
     assert "paired over 3 seeds" in text and "Measured in: fashion-mnist" in text
-    assert sentence in text and category == "consistent"
+    assert f"**{claim.text}** (primary, non-inferiority, margin {margin:g} points)" in text
+    assert sentence in text and category == "supported"
+    assert "Rule (every replication)" in text
     assert "| 1 / 4 |" in text  # BN's divergence rate
     assert "| bn | 3 / 4 |" in text and "1/4 diverged" in text
     assert "| bn | 3 | diverged | n/a | n/a |" in text
     paper = yaml.safe_load((REPL / "paper.yaml").read_text())
-    p = paper["results"][paper["primary"]]
+    p = paper["results"][paper["primary"]]["arms"]
     assert format_pm(p["bn"]["mean"], p["bn"]["std"]) in text
     assert paper["paper"]["arxiv"] in text
     assert "15000 training images" in text and "`convnext_atto`" in text

@@ -356,6 +356,7 @@ def test_report_states_primary_and_secondary(tmp_path):
     arm, the per-seed effect, and each claim's verdict under the averaged statistics."""
     import pandas as pd
 
+    from normrepro.paper import load_paper
     from normrepro.summary import summarize_runs
     from normrepro.translation.report import running_stats_lines
 
@@ -372,9 +373,9 @@ def test_report_states_primary_and_secondary(tmp_path):
     summary = summarize_runs(runs, metrics, pairs=[("ln", "pn"), ("bn", "ln")], arm_order=["ln", "bn", "pn"])
     details = [{"row": r, "final.json": {"running_stats": {
         "recomputed": {"batches": 100}, "averaged": {"same_as_primary": r["arm"] == "ln"}}}} for r in rows]
-    paper = yaml.safe_load((REPL / "paper.yaml").read_text())
+    paper = load_paper(REPL / "paper.yaml")
     cfg = {"eval": {"recompute_stats_batches": 100}}
-    text = "\n".join(running_stats_lines(summary, runs, details, paper, cfg, 0.2))
+    text = "\n".join(running_stats_lines(summary, runs, details, paper, cfg))
     assert "**Primary**" in text and "**Secondary**" in text and "update_bn" in text
     assert "identical (no running statistics)" in text  # ln
     assert "+3.80 ±" in text  # bn: recomputed − averaged = 4 − 0.1·seed, mean 3.8

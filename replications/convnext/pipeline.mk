@@ -70,8 +70,9 @@ $(CX_RES)/%/final.json: $(CX_RES)/%/env.json
 
 # env.json listed too, so it is no intermediate file: make keeps it, and a deleted env.json
 # means "train this run again" (an intermediate one would not be remade while final.json exists).
-$(CX_RES)/summary.csv: $(CX_RES)/run-list.txt $(addsuffix /env.json,$(CX_RUNS)) $(CX_FINALS)
-	$(PY) -m normrepro.convnext.summarize --out $@ --runs $(CX_RUNS)
+$(CX_RES)/summary.csv: $(CX_RES)/run-list.txt $(addsuffix /env.json,$(CX_RUNS)) $(CX_FINALS) \
+		$(CX_REPL)/paper.yaml
+	$(PY) -m normrepro.convnext.summarize --out $@ --runs $(CX_RUNS) --paper $(CX_REPL)/paper.yaml
 
 $(CX_FIGS) &: $(CX_RES)/summary.csv $(CX_REPL)/paper.yaml
 	$(PY) -m normrepro.convnext.plot --summary $< --paper $(CX_REPL)/paper.yaml \

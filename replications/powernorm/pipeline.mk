@@ -102,8 +102,8 @@ $(PN_RES)/%/final.json: $(PN_RES)/%/checkpoints/running_stats.pt $(PN_RES)/%/che
 # The list of runs of this command (written by the plan): the summary is redone when it changes.
 # train.json listed too, so it is no intermediate file: a deleted train.json means "train this
 # run again".
-$(PN_RES)/summary.csv: $(addsuffix /train.json,$(PN_RUNS)) $(PN_FINALS) $(PN_RES)/runs.list
-	$(PY) -m normrepro.translation.summarize --out $@ --runs $(PN_RUNS)
+$(PN_RES)/summary.csv: $(addsuffix /train.json,$(PN_RUNS)) $(PN_FINALS) $(PN_RES)/runs.list $(PN_REPL)/paper.yaml
+	$(PY) -m normrepro.translation.summarize --out $@ --runs $(PN_RUNS) --paper $(PN_REPL)/paper.yaml
 
 $(PN_FIG): $(PN_RES)/summary.csv $(PN_REPL)/paper.yaml
 	$(PY) -m normrepro.translation.plot --summary $< --paper $(PN_REPL)/paper.yaml --out-dir $(PN_ROOT)/figures

@@ -177,3 +177,30 @@ def ours_vs_paper(ours: pd.DataFrame, paper: pd.DataFrame, out_stem: str | Path,
         ax.margins(x=0.3)
     fig.tight_layout()
     return save_figure(fig, out_stem)
+
+
+def ours_vs_paper_of_claims(summary: pd.DataFrame, paper, order: Sequence[str],
+                            out_stem: str | Path, *, ours_title: str = "ours") -> list[Path]:
+    """`ours_vs_paper` for a replication's paper.yaml (a `normrepro.paper.Paper`): our arms'
+    mean ± 95% CI of the claims' metric from summary.csv (in `order`), the paper's numbers of its
+    `primary` results, and each claim's `b - a` of both."""
+    rows = summary[summary["metric"] == paper.metric.name]
+    ours = rows[rows["kind"] == "arm"][["name", "mean", "ci_half"]]
+    ours = ours.set_index("name").reindex([a for a in order if a in set(ours["name"])])
+    numbers = paper.numbers()
+    theirs = pd.DataFrame(numbers["arms"], columns=["name", "mean", "ci_half"])
+    paper_diffs = {d["name"]: d for d in numbers["diffs"]}
+    diffs = []
+    for claim in paper.claims:
+        row = rows[(rows["kind"] == "diff") & (rows["name"] == claim.name)]
+        if len(row):
+            diffs.append({"source": "ours", "name": claim.name, "mean": float(row["mean"].iloc[0]),
+                          "ci_half": float(row["ci_half"].iloc[0])})
+        if claim.name in paper_diffs:
+            d = paper_diffs[claim.name]
+            diffs.append({"source": "paper", "name": claim.name, "mean": d["diff"],
+                          "ci_half": d["ci_half"]})
+    return ours_vs_paper(ours.reset_index(), theirs, out_stem, diffs=pd.DataFrame(diffs),
+                         ylabel=paper.metric.label, ours_title=ours_title,
+                         paper_title=f"paper: {numbers['label']}",
+                         diff_label=f"difference ({paper.metric.unit}), 95% CI")

@@ -1,10 +1,11 @@
 """Building blocks for the markdown reports of every replication.
 
 Markdown tables from tables of results, an inline figure line, a "how to regenerate" block, the
-documentation of a CSV's columns, and an environment section assembled from the runs' `env.json`
-files (hardware, git commit and dirty flag, package versions, wall time). A replication's report
-stage composes these with its own claim and verdict; every number it prints must come from a file
-under `results/`, which is why these helpers take tables and paths rather than numbers.
+documentation of a CSV's columns, an environment section assembled from the runs' `env.json`
+files (hardware, git commit and dirty flag, package versions, wall time), and the verdict on each
+claim of a paper.yaml (`claim_lines`, by the one rule of `normrepro.paper`). A replication's
+report stage composes these; every number it prints must come from a file under `results/` or
+from paper.yaml, which is why these helpers take tables and paths rather than numbers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from normrepro.io import atomic_write_text
+from normrepro.paper import judge
 from normrepro.provenance import hardware_summary
 
 
@@ -36,6 +38,15 @@ def fmt_num(value, digits: int = 2) -> str:
     if not math.isfinite(x):
         return "n/a"
     return f"{x:.{digits}f}"
+
+
+def fmt_signed(value, digits: int = 2) -> str:
+    """'+0.06' / '-1.20', 'n/a' for None/NaN: a difference between arms."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{x:+.{digits}f}" if math.isfinite(x) else "n/a"
 
 
 def fmt_duration(seconds) -> str:
@@ -179,3 +190,42 @@ def environment_section(env_paths: Iterable[str | Path], what: str = "runs") -> 
 def write_report(path: str | Path, text: str) -> Path:
     """Write the report atomically, with exactly one trailing newline."""
     return atomic_write_text(path, text.rstrip("\n") + "\n")
+
+
+def claim_lines(paper, rows, numbers: dict | None = None) -> tuple[list[str], dict[str, str]]:
+    """A bullet per test of every claim of `paper` (a `normrepro.paper.Paper`), judged on `rows`:
+    summary.csv's rows of the claims' metric, indexed by name. `numbers` (`Paper.numbers()`)
+    adds the paper's own difference. Returns the lines and each claim's primary verdict."""
+    unit = paper.metric.unit
+    theirs = {d["name"]: d for d in (numbers or {}).get("diffs", [])}
+    lines: list[str] = []
+    verdicts: dict[str, str] = {}
+    for claim in paper.claims:
+        a, b = paper.label(claim.a), paper.label(claim.b)
+        if claim.name not in rows.index:
+            lines += [f"- **{claim.text}**: not run here (arms {claim.a} and {claim.b} are both "
+                      "needed).", ""]
+            continue
+        d = rows.loc[claim.name]
+        n = float(d["n"])
+        n_pairs = int(n) if math.isfinite(n) else 0
+        p = theirs.get(claim.name)
+        paper_text = "n/a" if p is None else fmt_signed(p["diff"]) + (
+            f" ± {fmt_num(p['ci_half'])}" if math.isfinite(float(p["ci_half"])) else "")
+        note = "".join(
+            f" {paper.label(arm)} diverged in {int(rows.loc[arm, 'n_diverged'])} of "
+            f"{int(rows.loc[arm, 'n_runs'])} runs (no {paper.metric.label}; counted against "
+            "the arm)." for arm in (claim.a, claim.b)
+            if arm in rows.index and int(rows.loc[arm, "n_diverged"]))
+        for i, test in enumerate(claim.tests):
+            category, sentence = judge(paper, claim, test, rows)
+            role = "primary" if i == 0 else "secondary"
+            lines += [f"- **{test.text}** ({role}, {test.describe(unit)}) — ours: {b} − {a} = "
+                      f"**{fmt_signed(d['mean'])} ± {fmt_num(d['ci_half'])}** {unit} (paired over "
+                      f"{n_pairs} seeds, 95% CI [{fmt_signed(d['ci_low'])}, "
+                      f"{fmt_signed(d['ci_high'])}]; Welch [{fmt_signed(d.get('welch_ci_low'))}, "
+                      f"{fmt_signed(d.get('welch_ci_high'))}]); paper: {paper_text}. "
+                      f"**{sentence}**.{note if i == 0 else ''}", ""]
+            if i == 0:
+                verdicts[claim.id] = category
+    return lines, verdicts

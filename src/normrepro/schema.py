@@ -191,11 +191,6 @@ class CxTrainer:
 
 
 @dataclass
-class CxReport:
-    equivalence_margin: NonNegFloat
-
-
-@dataclass
 class ConvNeXtConfig:
     arms: list[str]
     seeds: list[NonNegInt]
@@ -203,7 +198,6 @@ class ConvNeXtConfig:
     model: CxModel
     optim: CxOptim
     trainer: CxTrainer
-    report: CxReport
     sweep: dict[str, Any]          # make sweep-convnext's settings (normrepro.convnext.sweep)
     sweep_role: str                # set on the sweep's own run configs
     arm_overrides: dict[str, Any]  # profile only: `<arm>: {partial config}`, checked per arm
@@ -217,6 +211,8 @@ class ConvNeXtConfig:
 
 # Config keys that do not change what training produces (a change retrains nothing; evaluation
 # and reports follow the new values): they are left out of each run's stamp (normrepro.rundir).
+# `report` is no config section any more (a claim's margin lives in paper.yaml); it stays listed
+# so that a run folder whose config.yaml still has one compares equal to the same run without.
 NOT_TRAINING = {
     "convnext": ("report", "arms", "seeds", "sweep", "parallel_runs", "trainer.print_epochs",
                  "trainer.progress_bar"),
@@ -343,11 +339,6 @@ class PnEval:
 
 
 @dataclass
-class PnReport:
-    margin: NonNegFloat
-
-
-@dataclass
 class PowerNormConfig:
     dataset: Annotated[str, Check(_translation_dataset)]
     data_variant: Optional[str]
@@ -362,7 +353,6 @@ class PowerNormConfig:
     trainer: PnTrainer
     val_bleu: PnValBleu
     eval: PnEval
-    report: PnReport
     arm_overrides: dict[str, Any]
     profile: str
     arm: str
@@ -597,8 +587,17 @@ def validate(cfg: dict, replication: str, source: str) -> dict:
     schema = SCHEMAS.get(replication)
     if schema is None:
         return cfg
+    return check(cfg, schema, source)
+
+
+def check(data: dict, schema: type, source: str) -> dict:
+    """`data` checked against a schema dataclass (a config's, or `normrepro.paper`'s).
+
+    Checks only the keys present (required keys are the caller's); returns `data` with numbers
+    given as strings converted; raises `ConfigError` naming `source` and the key.
+    """
     try:
-        return _check_mapping(cfg, schema, "")
+        return _check_mapping(data, schema, "")
     except _Problem as problem:
         raise ConfigError(f"{source}: {problem.path}: {problem.message}"
                           if not problem.message.startswith("unknown key")

@@ -1,6 +1,7 @@
 """Seeds → mean, standard deviation and Student-t 95% confidence intervals.
 
-Used by both replications' summary stages so the same statistics back every table.
+Used by both replications' summary stages so the same statistics back every table, and by
+`normrepro.paper` for the intervals of a paper's own numbers (mean ± std over its seeds).
 """
 
 from __future__ import annotations
@@ -87,6 +88,30 @@ def paired_diff_ci(a: dict, b: dict, confidence: float = 0.95) -> dict:
     half = float(_st.t.ppf(0.5 + confidence / 2, d.size - 1) * std / math.sqrt(d.size))
     out.update(std=std, ci_low=out["diff"] - half, ci_high=out["diff"] + half, ci_half=half)
     return out
+
+
+def t_half_width(std: float | None, n: int, confidence: float = 0.95) -> float:
+    """Half-width of the t-interval of a mean from a stated std over `n` runs (a paper's
+    "mean ± std over 3 seeds"); NaN without a std or with fewer than 2 runs."""
+    if std is None or n < 2:
+        return math.nan
+    return float(_st.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
+
+
+def welch_from_stats(mean_a: float, std_a: float | None, n_a: int,
+                     mean_b: float, std_b: float | None, n_b: int,
+                     confidence: float = 0.95) -> dict:
+    """mean_b − mean_a with a Welch half-width, from summary statistics only (a paper's table);
+    the half-width is NaN without both stds or with fewer than 2 runs per arm."""
+    diff = float(mean_b) - float(mean_a)
+    if std_a is None or std_b is None or n_a < 2 or n_b < 2:
+        return {"diff": diff, "ci_half": math.nan}
+    va, vb = std_a**2 / n_a, std_b**2 / n_b
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"diff": diff, "ci_half": 0.0}
+    dof = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return {"diff": diff, "ci_half": float(_st.t.ppf(0.5 + confidence / 2, dof) * se)}
 
 
 def format_pm(mean: float, half: float, digits: int = 2) -> str:

@@ -9,7 +9,10 @@ metrics.csv. Writes into OUT-DIR, prefixed with the data set name:
   <dataset>-learning-curves   training loss and held-out top-1 per epoch, mean over seeds per
                               arm with a ±1 std band
   <dataset>-final-top1        test top-1 per arm: bar = mean with 95% CI, dots = seeds
-  <dataset>-ours-vs-paper     our arms, the paper's arms, and LN - BN of both with 95% CIs
+  <dataset>-ours-vs-paper     our arms, the paper's arms (its `primary` results), and each
+                              claim's difference (LN - BN) of both with 95% CIs
+
+The arms' order, the paper's numbers and the claims come from paper.yaml (`normrepro.paper`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 from normrepro import plots
-from normrepro.convnext.paper import load_paper, regime_table
+from normrepro.errors import cli
+from normrepro.paper import load_paper
 from normrepro.summary import collect_curves, read_summary, resolve_run_dirs
 
-ARM_ORDER = ("bn", "bn_sync", "ln")
 LABELS = {"epoch": "epoch", "train_loss": "training loss (label-smoothed CE)",
           "val_top1": "held-out top-1 (%)", "val_loss": "held-out loss"}
 
@@ -42,40 +45,28 @@ def plot_all(summary_csv: str | Path, paper_yaml: str | Path, out_dir: str | Pat
     runs = pd.read_csv(summary_csv.with_name("runs.csv"))
     dataset = summary_csv.parent.name
     stems = figure_paths(out_dir, dataset)
+    paper = load_paper(paper_yaml)
+    order = paper.arm_order(runs["arm"])
     written: list[Path] = []
 
     curves = collect_curves(resolve_run_dirs(runs, summary_csv.parent))
     try:
         written += plots.learning_curves(curves, "epoch", ["train_loss", "val_top1"], "arm",
-                                         stems["learning-curves"], hue_order=ARM_ORDER,
+                                         stems["learning-curves"], hue_order=order,
                                          labels=LABELS, title=f"{dataset}: mean ± 1 std over seeds")
     except (ValueError, KeyError):
         # No run has a finite curve (all missing or diverged at once): the other figures and
         # the report still say what happened.
         print(f"[plot] {dataset}: no learning curves to draw", flush=True)
-    written += plots.final_per_arm(runs, "test_top1", stems["final-top1"], order=ARM_ORDER,
-                                   ylabel="test top-1 (%)", title=f"{dataset}: seeds and 95% CI")
-
-    top1 = summary[summary["metric"] == "test_top1"]
-    ours = top1[top1["kind"] == "arm"][["name", "mean", "ci_half"]]
-    ours = ours.set_index("name").reindex([a for a in ARM_ORDER if a in set(ours["name"])])
-    ours = ours.reset_index()
-    paper = regime_table(load_paper(paper_yaml))
-    paper_arms = pd.DataFrame(paper["arms"])[["name", "mean", "ci_half"]]
-    diff_rows = [{"source": "paper", "name": "ln - bn", "mean": paper["diff"]["diff"],
-                  "ci_half": paper["diff"]["ci_half"]}]
-    ours_diff = top1[(top1["kind"] == "diff") & (top1["name"] == "ln - bn")]
-    for row in ours_diff.itertuples():
-        diff_rows.insert(0, {"source": "ours", "name": row.name,
-                             "mean": row.mean, "ci_half": row.ci_half})
-    written += plots.ours_vs_paper(ours, paper_arms, stems["ours-vs-paper"],
-                                   diffs=pd.DataFrame(diff_rows), ylabel="top-1 (%)",
-                                   ours_title=f"ours: {dataset} (test)",
-                                   paper_title=f"paper: ImageNet-1K\n{paper['label']}",
-                                   diff_label="LN - BN (points), 95% CI")
+    written += plots.final_per_arm(runs, paper.metric.name, stems["final-top1"], order=order,
+                                   ylabel=f"test {paper.metric.label}",
+                                   title=f"{dataset}: seeds and 95% CI")
+    written += plots.ours_vs_paper_of_claims(summary, paper, order, stems["ours-vs-paper"],
+                                             ours_title=f"ours: {dataset} (test)")
     return written
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.convnext.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

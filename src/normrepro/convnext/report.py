@@ -7,20 +7,11 @@ Every number in the report is read from a file: the paper's from paper.yaml; our
 `<dataset>/summary.csv`, `<dataset>/runs.csv` and each run's config.yaml, env.json, final.json.
 One section per data set given (the Makefile passes the one it just ran).
 
-Verdict rule (stated in the report too). Arms share seeds (same data order, held-out split and
-augmentation draws), so the comparison is paired: d = mean over seeds of LN[seed] - BN[seed] in
-test top-1 points, [lo, hi] its paired-t 95% interval (the Welch interval of the difference of
-means is printed as a secondary number); m = `report.equivalence_margin` (0.5 points). The
-paper's claim "LN does not hurt" is read as "LN is not worse by more than m":
-  fewer than 2 seeds finished in both arms -> inconclusive (no interval)
-  LN diverged in a run (BN never)          -> inconsistent: a diverging arm is not "not worse"
-  LN and BN both diverged in some run      -> inconclusive
-  lo > 0                                   -> consistent: LN better
-  hi < 0                                   -> inconsistent: LN measurably worse (the interval
-                                              lies below 0; said when it is by less than m)
-  lo >= -m                                 -> consistent: LN at most m points worse
-  otherwise (lo < -m, hi >= 0)             -> inconclusive: more seeds needed
-Every verdict names the regime it was measured in (data set, model, images, epochs, profile).
+Verdicts: one per test of each claim in paper.yaml (`claims`: the arms, the test, the margin),
+by the rule every replication shares (`normrepro.paper`, stated in the report too): arms share
+seeds (same data order, held-out split and augmentation draws), so the comparison is paired; the
+Welch interval of the difference of means is printed as a secondary number. Every verdict names
+the regime it was measured in (data set, model, images, epochs, profile).
 """
 
 from __future__ import annotations
@@ -35,14 +26,14 @@ import pandas as pd
 from normrepro import report as rp
 from normrepro.config import ConfigError, load_yaml
 from normrepro.convnext.metrics import METRIC_COLUMNS
-from normrepro.convnext.paper import load_paper, regime_table
 from normrepro.convnext.plot import figure_paths
 from normrepro.io import read_json
+from normrepro.paper import Paper, load_paper, rule_text
 from normrepro.stats import format_pm
 from normrepro.summary import SUMMARY_COLUMNS, read_summary, resolve_run_dirs
 
 RUNS_COLUMNS = {
-    "arm": "arm name (bn, ln)",
+    "arm": "arm name (`replications/convnext/arms/<arm>.yaml`; order and labels: paper.yaml `arms`)",
     "seed": "training seed (initialisation, data order, augmentation, stochastic depth)",
     "status": "`ok`, `diverged` (training loss became NaN/inf) or `missing` (no final.json)",
     "test_top1": "top-1 accuracy (%) on the test split after the last epoch",
@@ -61,35 +52,7 @@ METRICS_DOC = {
 assert set(METRICS_DOC) == set(METRIC_COLUMNS), "document every metrics.csv column"
 
 
-def verdict(diff: float, lo: float, hi: float, margin: float, n_pairs: int,
-            ln_diverged: int = 0, bn_diverged: int = 0) -> tuple[str, str]:
-    """(category, sentence) by the rule in this module's docstring."""
-    m = f"{margin:g}"
-    if ln_diverged:
-        if bn_diverged:
-            return "inconclusive", (f"inconclusive: both arms diverged in some runs (LN "
-                                    f"{ln_diverged}, BN {bn_diverged})")
-        return "inconsistent", (f"inconsistent with the paper's 'LN does not hurt': LN diverged "
-                                f"in {ln_diverged} run(s), BN in none")
-    if n_pairs < 2 or not all(math.isfinite(v) for v in (diff, lo, hi)):
-        return "inconclusive", ("inconclusive: a paired interval needs at least 2 seeds finished "
-                                f"in both arms (have {n_pairs})")
-    if lo > 0:
-        return "consistent", "consistent with the paper's 'LN does not hurt': LN is better"
-    if hi < 0:
-        size = (f"by at most {m} points, but" if lo >= -margin else "and possibly by more than "
-                f"{m} points;")
-        return "inconsistent", ("inconsistent with the paper's 'LN does not hurt': LN is worse "
-                                f"{size} the whole interval lies below 0")
-    if lo >= -margin:
-        return "consistent", (f"consistent with the paper's 'LN does not hurt': LN is at most "
-                              f"{m} points worse at 95% confidence")
-    return "inconclusive", (f"inconclusive: the interval contains both 0 and losses larger than "
-                            f"{m} points; more seeds would narrow it")
-
-
-def _signed(x: float, digits: int = 2) -> str:
-    return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
+_signed = rp.fmt_signed
 
 
 def _lr_text(lr) -> str:
@@ -234,7 +197,7 @@ def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float])
     return lines
 
 
-def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: Path) -> tuple[str, dict]:
+def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: Path) -> tuple[str, dict]:
     dataset = ds_dir.name
     summary, runs, details = _load_runs(ds_dir)
     configs = [d["config.yaml"] for d in details if "config.yaml" in d]
@@ -248,7 +211,6 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
     params = sorted({f["parameters"] for f in finals if f.get("parameters")})
     n_test = sorted({f["n_test"] for f in finals if f.get("n_test")})
     test_split = next((f["test_split"] for f in finals if f.get("test_split")), "test")
-    margin = float(_get(cfg, "report.equivalence_margin") or 0.5)
     seeds = {arm: sorted(runs[runs["arm"] == arm]["seed"].tolist()) for arm in runs["arm"].unique()}
 
     arm_norms = {d["row"]["arm"]: d["config.yaml"]["model"]["norm"] for d in details
@@ -311,43 +273,25 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
               rp.markdown_table(runs, {"arm": "arm", "seed": "seed", "status": "status",
                                        "test_top1": "top-1 (%)", "test_top5": "top-5 (%)"}), ""]
     # ---- verdict
-    diff_rows = top1[(top1["kind"] == "diff") & (top1.index == "ln - bn")]
-    info = {"dataset": dataset, "category": "inconclusive"}
-    pt = regime_table(paper)
-    paper_diff = pt["diff"]
     regime = (f"{dataset}, timm `{model['variant']}` (stem patch {model.get('patch_size')}), "
               f"{split_sizes.get('train', 'n/a')} training images, "
               f"{cfg['trainer']['max_epochs']} epochs, profile `{cfg.get('profile', 'n/a')}`")
-    info["regime"] = regime
-    if len(diff_rows):
-        d = diff_rows.iloc[0]
-        n_div = {arm: int(top1.loc[arm, "n_diverged"]) if arm in top1.index else 0
-                 for arm in ("bn", "ln")}
-        n_pairs = int(d["n"]) if math.isfinite(float(d["n"])) else 0
-        category, sentence = verdict(float(d["mean"]), float(d["ci_low"]), float(d["ci_high"]),
-                                     margin, n_pairs, n_div["ln"], n_div["bn"])
-        info.update(category=category, diff=float(d["mean"]), ci_half=float(d["ci_half"]))
-        climbing = _still_climbing(ds_dir / "sweep" / "summary.csv")
-        lines += [
-            "### Verdict", "",
-            f"Measured in: {regime}." + (f" **Caveat**: {climbing}" if climbing else ""), "",
-            f"**LN − BN = {_signed(float(d['mean']))} ± {rp.fmt_num(d['ci_half'])} points** "
-            f"(paired over {n_pairs} seeds, 95% paired-t CI [{_signed(float(d['ci_low']))}, "
-            f"{_signed(float(d['ci_high']))}]; the Welch interval of the difference of means, "
-            f"treating the arms as independent, is [{_signed(float(d['welch_ci_low']))}, "
-            f"{_signed(float(d['welch_ci_high']))}]): {sentence}.", "",
-            f"For comparison, the paper ({pt['label']}): LN − BN = "
-            f"{_signed(paper_diff['diff'])} ± {rp.fmt_num(paper_diff['ci_half'])} points "
-            f"(95% Welch CI from its mean ± std over {pt['seeds']} seeds; the paper does not "
-            "give per-seed pairs). The absolute accuracies are on different data sets and are "
-            "not comparable; the sign and size of the effect are.", "",
-            f"Rule: with d = mean over seeds of LN[seed] − BN[seed] and [lo, hi] its 95% paired-t "
-            f"interval, 'does not hurt' means lo ≥ −{margin:g} points (margin "
-            f"`report.equivalence_margin`) and the interval not wholly below 0; lo > 0 reads as "
-            f"LN better; hi < 0 as inconsistent (LN measurably worse); an interval spanning both "
-            f"0 and −{margin:g} as inconclusive. A diverged run counts against its arm: an arm "
-            "with a divergence is never 'not worse' (divergence rates in the table above).",
-            ""]
+    info = {"dataset": dataset, "regime": regime}
+    numbers = paper.numbers()
+    claim_text, info["verdicts"] = rp.claim_lines(
+        paper, summary[summary["metric"] == paper.metric.name].set_index("name"), numbers)
+    climbing = _still_climbing(ds_dir / "sweep" / "summary.csv")
+    spread = (f"with 95% Welch intervals from its mean ± std over {numbers['seeds']} seeds (the "
+              "paper does not give per-seed pairs)" if numbers["seeds_stated"] else
+              "without intervals (no spread stated)")
+    lines += [
+        "### Verdict", "",
+        f"Measured in: {regime}." + (f" **Caveat**: {climbing}" if climbing else ""), "",
+        *claim_text,
+        f"The paper's differences are from its {numbers['label']}, {spread}. The absolute "
+        "accuracies are on different data sets and are not comparable; the sign and size of the "
+        "effect are.", "",
+        rule_text(paper.metric) + " Divergence rates are in the table above.", ""]
     # ---- figures
     stems = figure_paths(figures_dir, dataset)
     figs = [(stems["learning-curves"], "learning curves: mean ± 1 std over seeds"),
@@ -361,7 +305,8 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
     lines += sweep_section(ds_dir / "sweep", report_path, arm_lrs)
     # ---- deviations
     lines += ["### Deviations from the paper's setup", ""]
-    lines += [f"- {x}" for x in _deviations(paper, cfg, train_rec, split_sizes, arm_lrs)] + [""]
+    lines += [f"- {x}" for x in _deviations(paper.data, cfg, train_rec, split_sizes, arm_lrs)]
+    lines += [""]
     info.update(profile=cfg.get("profile"), seeds=sorted({s for v in seeds.values() for s in v}))
     return "\n".join(lines), info
 
@@ -369,33 +314,34 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
 def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path,
                  figures_dir: Path) -> str:
     paper = load_paper(paper_path)
-    pt = regime_table(paper)
-    meta = paper["paper"]
+    meta = paper.data["paper"]
     head = [
         "# ConvNeXt: does replacing BatchNorm with LayerNorm hurt accuracy?", "",
         f"_Generated by `python -m normrepro.convnext.report` from `{results}/` and "
         f"`{paper_path}`; do not edit by hand._", "",
         "## The claim", "",
-        f"{paper['claim']}", "",
+        f"{paper.data['claim']}", "",
         f"Source: {meta['authors']}, *{meta['title']}*, {meta['venue']}, "
         f"arXiv:{meta['arxiv']} ({meta['url']}).", "",
-        f"Paper's numbers ({paper['metric']}):", "",
+        f"Paper's numbers ({paper.metric.definition or paper.metric.label}):", "",
     ]
+
+    def pm(a):
+        return format_pm(a["mean"], a["std"]) if a["std"] is not None else rp.fmt_num(a["mean"])
+
     rows = []
-    for regime in paper["results"]:
-        t = regime_table(paper, regime)
-        bn, ln = t["arms"]
-
-        def pm(a):
-            return format_pm(a["mean"], a["std"]) if a["std"] is not None else rp.fmt_num(a["mean"])
-
-        rows.append({"regime": t["label"], "BN (mean ± std)": pm(bn), "LN (mean ± std)": pm(ln),
-                     "LN − BN": _signed(t["diff"]["diff"]),
-                     "seeds": t["seeds_stated"] or "not stated",
-                     "source": t["source"]})
-    head += [rp.markdown_table(rows), ""]
-    if pt.get("transcribed_from"):
-        head += [f"(Numbers transcribed from {pt['transcribed_from']}.)", ""]
+    for regime in paper.data["results"]:
+        t = paper.numbers(regime)
+        row = {"regime": t["label"]}
+        row.update({f"{a['label']} (mean ± std)": pm(a) for a in t["arms"]})
+        row.update({f"{paper.label(d['b'])} − {paper.label(d['a'])}": _signed(d["diff"])
+                    for d in t["diffs"]})
+        row.update(seeds=t["seeds_stated"] or "not stated", source=t["source"])
+        rows.append(row)
+    head += [rp.markdown_table(rows, list(dict.fromkeys(k for r in rows for k in r))), ""]
+    transcribed = paper.numbers()["transcribed_from"]
+    if transcribed:
+        head += [f"(Numbers transcribed from {transcribed}.)", ""]
 
     sections, infos = [], []
     for ds in datasets:

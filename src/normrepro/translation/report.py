@@ -10,24 +10,17 @@ Every number is read from a file: the paper's from paper.yaml; ours from
 the prepared data's MANIFEST.json, and (when present) the cross-check's `crosscheck.json` and the
 bench's JSON. One section per data folder.
 
-Verdict rule per claim (d = mean over seeds of b[seed] − a[seed] in test tokenized BLEU: the
-arms share seeds, hence data order and the initialisation of shared parameters; [lo, hi] its
-paired-t 95% interval, the Welch interval of the difference of means printed as a secondary
-number; m = the claim's `margin` in paper.yaml, else `report.margin` of the run config):
-  b diverged in some run                         -> never supported: contradicted when a never
-                                                    diverged, else inconclusive
-  fewer than 2 seeds finished in both arms       -> inconclusive
-  superiority (b > a):      lo > 0 supported; hi < 0 contradicted; else inconclusive
-  non-inferiority (b ≥ a − m): hi < 0 contradicted (never supported on the wrong side of 0);
-                           lo ≥ −m supported; else inconclusive
-A claim may carry a `secondary` test (paper.yaml), reported after the primary one. Every verdict
-names the proxy it was measured in (corpus, model size, updates).
+Verdicts: one per test of each claim in paper.yaml (a claim may carry a `secondary` test,
+reported after the primary one), by the rule every replication shares (`normrepro.paper`, stated
+in the report too): d = mean over seeds of b[seed] − a[seed] in test tokenized BLEU (the arms
+share seeds, hence data order and the initialisation of shared parameters), [lo, hi] its
+paired-t 95% interval; the Welch interval of the difference of means is printed as a secondary
+number. Every verdict names the proxy it was measured in (corpus, model size, updates).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -37,10 +30,11 @@ from normrepro import report as rp
 from normrepro.config import ConfigError, load_yaml
 from normrepro.errors import cli
 from normrepro.io import read_json
+from normrepro.paper import Paper, judge, load_paper, rule_text
 from normrepro.stats import format_pm, paired_diff_ci
 from normrepro.summary import SUMMARY_COLUMNS, read_summary, resolve_run_dirs
 from normrepro.translation.common import METRIC_COLUMNS
-from normrepro.translation.plot import figure_paths, paper_results
+from normrepro.translation.plot import figure_paths
 from normrepro.translation.summarize import AVGSTATS_METRICS
 
 NORM_TEXT = {"layer": "LayerNorm", "batch": "textbook masked BatchNorm",
@@ -59,7 +53,8 @@ METRICS_DOC = {
 }
 assert set(METRICS_DOC) == set(METRIC_COLUMNS), "document every metrics.csv column"
 RUNS_COLUMNS = {
-    "arm": "arm (ln, bn, pn_v, pn; extra: bn_masked, bn_dec, pn_dec)", "seed": "training seed",
+    "arm": "arm (`replications/powernorm/arms/<arm>.yaml`; order and labels: paper.yaml `arms`)",
+    "seed": "training seed",
     "status": "`ok`, `diverged` (non-finite loss) or `missing` (no final.json)",
     "test_bleu_tok": "test tokenized BLEU (the paper's metric)",
     "test_bleu_sacre": "test sacreBLEU, detokenized, case-insensitive",
@@ -69,29 +64,6 @@ RUNS_COLUMNS = {
                                        "recomputed for the averaged weights (equal for LayerNorm, which has none)",
     "run_dir": "run folder relative to the data folder",
 }
-
-
-def verdict(test: str, d: float, lo: float, hi: float, margin: float, n_pairs: int,
-            a: str, b: str, div_a: int = 0, div_b: int = 0) -> tuple[str, str]:
-    """(category, sentence) by the rule in this module's docstring."""
-    if div_b:
-        if div_a:
-            return "inconclusive", f"inconclusive: both arms diverged in some runs ({a}: {div_a}, {b}: {div_b})"
-        return "contradicted", f"contradicted: {b} diverged in {div_b} run(s), {a} in none"
-    if n_pairs < 2 or not all(math.isfinite(v) for v in (d, lo, hi)):
-        return "inconclusive", ("inconclusive: a paired interval needs ≥ 2 seeds finished in both arms "
-                                f"(have {n_pairs})")
-    if test == "superiority":
-        if lo > 0:
-            return "supported", f"supported: {b} is better (the interval lies above 0)"
-        if hi < 0:
-            return "contradicted", f"contradicted: {b} is worse (the interval lies below 0)"
-        return "inconclusive", "inconclusive: the interval contains 0"
-    if hi < 0:
-        return "contradicted", f"contradicted: {b} is worse than {a} (the interval lies below 0)"
-    if lo >= -margin:
-        return "supported", f"supported: {b} is not worse than {a} by more than {margin:g} BLEU"
-    return "inconclusive", f"inconclusive: the interval contains 0 and losses beyond {margin:g} BLEU"
 
 
 def _proxy_text(cfg: dict, data_name: str, details: list) -> str:
@@ -104,9 +76,7 @@ def _proxy_text(cfg: dict, data_name: str, details: list) -> str:
             f"profile `{cfg.get('profile', 'n/a')}`")
 
 
-def _signed(x, digits: int = 2) -> str:
-    x = float(x)
-    return "n/a" if not math.isfinite(x) else f"{x:+.{digits}f}"
+_signed = rp.fmt_signed
 
 
 def _get(cfg: dict, dotted: str):
@@ -199,7 +169,7 @@ def _deviations(paper: dict, cfg: dict, data_name: str, manifest: dict, details:
     return out
 
 
-def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: Path) -> tuple[str, dict]:
+def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: Path) -> tuple[str, dict]:
     data_name = ds_dir.name
     summary, runs, details = _load(ds_dir)
     configs = {}
@@ -213,7 +183,6 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
     trains = [d["train.json"] for d in details if "train.json" in d]
     manifest = _data_manifest(finals[0]) if finals else {}
     stats = manifest.get("stats", {})
-    margin = float(_get(cfg, "report.margin") or 0.5)
     seeds = {arm: sorted(runs[runs["arm"] == arm]["seed"].tolist()) for arm in runs["arm"].unique()}
     m, t, o = cfg["model"], cfg["trainer"], cfg["optim"]
     params = sorted({tr["parameters"] for tr in trains if tr.get("parameters")})
@@ -276,59 +245,27 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         lines += ["Differences between arms, per seed (paired-t 95% intervals; BLEU points; the Welch intervals are in summary.csv):", "", rp.markdown_table(diff_rows), ""]
     lines += ["Per run (`runs.csv`):", "", rp.markdown_table(runs.drop(columns=["run_dir"])), ""]
     # ---- ours vs paper
-    theirs = paper_results(paper)
-    tok = by["test_bleu_tok"]
-    cmp_rows = []
-    for arm in ("ln", "bn", "pn_v", "pn"):
-        if arm in tok.index or arm in theirs:
-            cmp_rows.append({"arm": arm, "paper (IWSLT14, tokenized BLEU)": rp.fmt_num(theirs.get(arm), 1),
-                             f"ours ({data_name})": format_pm(tok.loc[arm, "mean"], tok.loc[arm, "ci_half"])
-                             if arm in tok.index else "n/a"})
-    rel = paper["results"]["iwslt14"].get("released_checkpoint")
+    numbers = paper.numbers()
+    theirs = {a["name"]: a["mean"] for a in numbers["arms"]}
+    tok = by[paper.metric.name]
+    ours = set(tok[tok["kind"] == "arm"].index)
+    cmp_rows = [{"arm": arm, f"paper ({numbers['label']}, {paper.metric.label})": rp.fmt_num(theirs.get(arm), 1),
+                 f"ours ({data_name})": format_pm(tok.loc[arm, "mean"], tok.loc[arm, "ci_half"])
+                 if arm in ours else "n/a"} for arm in paper.arm_order(ours | set(theirs))]
+    rel = paper.regime().get("released_checkpoint")
     lines += ["### Ours vs the paper", "", rp.markdown_table(cmp_rows), ""]
     if rel:
-        lines += [f"The released {rel['arm'].upper()} checkpoint scores {rel['bleu']} ({rel['source']}).", ""]
+        lines += [f"The released {paper.label(rel['arm'])} checkpoint scores {rel['mean']} ({rel['source']}).", ""]
     # ---- verdicts
-    lines += ["### Verdict per claim", ""]
     info = {"data_name": data_name, "dataset": cfg.get("dataset"), "profile": cfg.get("profile"),
-            "seeds": sorted({s for v in seeds.values() for s in v}), "arms": list(seeds), "verdicts": {}}
-    for claim in paper.get("claims", []):
-        a, b = claim["a"], claim["b"]
-        name = f"{b} - {a}"
-        paper_d = theirs[b] - theirs[a] if a in theirs and b in theirs else math.nan
-        if name not in tok.index:
-            lines += [f"- **{claim['text']}**: not run here (arms {a} and {b} are both needed).", ""]
-            continue
-        d = tok.loc[name]
-        n_pairs = int(d["n"]) if math.isfinite(float(d["n"])) else 0
-        div = {arm: int(tok.loc[arm, "n_diverged"]) if arm in tok.index else 0 for arm in (a, b)}
-        tests = [(claim.get("test", "superiority"), float(claim.get("margin", margin)), claim["text"])]
-        if claim.get("secondary"):
-            sec = claim["secondary"]
-            tests.append((sec["test"], float(sec.get("margin", margin)), sec["text"]))
-        note = "".join(f" {arm.upper()} diverged in {k} of {int(tok.loc[arm, 'n_runs'])} runs (no BLEU; "
-                       "counted against the arm)." for arm, k in div.items() if k)
-        for i, (test, m, text) in enumerate(tests):
-            cat_i, sentence = verdict(test, float(d["mean"]), float(d["ci_low"]), float(d["ci_high"]),
-                                      m, n_pairs, a, b, div[a], div[b])
-            role = "primary" if i == 0 else "secondary"
-            lines += [f"- **{text}** ({role}, {test.replace('_', '-')}"
-                      + (f", margin {m:g} BLEU" if test == "non_inferiority" else "")
-                      + f") — ours: {b} − {a} = **{_signed(d['mean'])} ± {rp.fmt_num(d['ci_half'])}** "
-                      f"BLEU (paired over {n_pairs} seeds, 95% CI [{_signed(d['ci_low'])}, "
-                      f"{_signed(d['ci_high'])}]; Welch [{_signed(d.get('welch_ci_low', math.nan))}, "
-                      f"{_signed(d.get('welch_ci_high', math.nan))}]); paper: {_signed(paper_d, 1)}. "
-                      f"**{sentence}**.{note if i == 0 else ''}", ""]
-            if i == 0:
-                cat = cat_i
-        info["verdicts"][claim["id"]] = cat
+            "seeds": sorted({s for v in seeds.values() for s in v}), "arms": list(seeds)}
+    claim_text, info["verdicts"] = rp.claim_lines(paper, tok, numbers)
+    lines += ["### Verdict per claim", ""] + claim_text
     if recomputed:
-        lines += running_stats_lines(summary, runs, details, paper, cfg, margin)
+        lines += running_stats_lines(summary, runs, details, paper, cfg)
     lines += [f"Measured in: {_proxy_text(cfg, data_name, details)}.", "",
-              "Rule: see `python -m normrepro.translation.report --help` (paired-t intervals over "
-              "shared seeds; a diverged run counts against its arm). Our absolute BLEU is on a "
-              "different corpus and model size; only the sign and size of the differences are "
-              "compared with the paper.", ""]
+              rule_text(paper.metric) + " Our absolute BLEU is on a different corpus and model "
+              "size; only the sign and size of the differences are compared with the paper.", ""]
     sigs = sorted({f.get("bleu_sacre_signature") for f in finals if f.get("bleu_sacre_signature")})
     tsigs = sorted({f.get("bleu_tok_signature") for f in finals if f.get("bleu_tok_signature")})
     lines += ["BLEU signatures: tokenized " + ", ".join(f"`{s}`" for s in tsigs)
@@ -343,7 +280,7 @@ def dataset_section(ds_dir: Path, paper: dict, report_path: Path, figures_dir: P
         lines += ["### Figures", ""]
         for stem, alt in present:
             lines += [rp.figure_line(stem.with_name(stem.name + ".png"), report_path, alt), ""]
-    lines += ["### Deviations from the paper", ""] + [f"- {x}" for x in _deviations(paper, cfg, data_name, manifest, details)] + [""]
+    lines += ["### Deviations from the paper", ""] + [f"- {x}" for x in _deviations(paper.data, cfg, data_name, manifest, details)] + [""]
     return "\n".join(lines), info
 
 
@@ -356,8 +293,8 @@ def _stats_text(cfg: dict) -> str:
             "(SWA's `update_bn`; primary), and scored averaged as well (secondary, test set only; see below).")
 
 
-def running_stats_lines(summary: pd.DataFrame, runs: pd.DataFrame, details: list, paper: dict, cfg: dict,
-                        margin: float) -> list[str]:
+def running_stats_lines(summary: pd.DataFrame, runs: pd.DataFrame, details: list, paper: Paper,
+                        cfg: dict) -> list[str]:
     """The averaged checkpoint scored with recomputed (primary) and averaged (secondary) running
     statistics: per arm, the per-seed effect of recomputing, and each claim under the secondary."""
     rec, avg = "test_bleu_tok", AVGSTATS_METRICS[0]
@@ -392,25 +329,17 @@ def running_stats_lines(summary: pd.DataFrame, runs: pd.DataFrame, details: list
              "**Secondary**: the averaged statistics as fairseq's `average_checkpoints.py` leaves them, the paper's "
              "procedure (test set only). Test tokenized BLEU, 95% intervals:", "", rp.markdown_table(rows), ""]
     claims = []
-    for claim in paper.get("claims", []):
-        a, b = claim["a"], claim["b"]
-        name = f"{b} - {a}"
-        if name not in by[avg].index:
+    for claim in paper.claims:
+        if claim.name not in by[avg].index:
             continue
-        d = by[avg].loc[name]
-        n_pairs = int(d["n"]) if math.isfinite(float(d["n"])) else 0
-        div = {arm: int(by[avg].loc[arm, "n_diverged"]) if arm in by[avg].index else 0 for arm in (a, b)}
-        m = float(claim.get("margin", margin))
-        test = claim.get("test", "superiority")
-        cat, _ = verdict(test, float(d["mean"]), float(d["ci_low"]), float(d["ci_high"]), m, n_pairs, a, b,
-                         div[a], div[b])
-        r = by[rec].loc[name]
-        n_rec = int(r["n"]) if math.isfinite(float(r["n"])) else 0
-        cat_primary, _ = verdict(test, float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]), m, n_rec,
-                                 a, b, div[a], div[b])
-        claims.append(f"- {claim['text']} ({test.replace('_', '-')}): {b} − {a} = {_signed(d['mean'])} ± "
-                      f"{rp.fmt_num(d['ci_half'])} [{_signed(d['ci_low'])}, {_signed(d['ci_high'])}] → {cat} "
-                      f"with averaged statistics; {cat_primary} with recomputed ones (primary).")
+        test = claim.tests[0]
+        d = by[avg].loc[claim.name]
+        cat, _ = judge(paper, claim, test, by[avg])
+        cat_primary, _ = judge(paper, claim, test, by[rec])
+        claims.append(f"- {claim.text} ({test.describe(paper.metric.unit)}): {claim.b} − {claim.a} = "
+                      f"{_signed(d['mean'])} ± {rp.fmt_num(d['ci_half'])} [{_signed(d['ci_low'])}, "
+                      f"{_signed(d['ci_high'])}] → {cat} with averaged statistics; {cat_primary} with "
+                      "recomputed ones (primary).")
     if claims:
         lines += ["The claims' primary tests under the averaged statistics (same rule):", ""] + claims + [""]
     return lines
@@ -449,16 +378,17 @@ def bench_section(path: Path) -> list[str]:
 
 def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path, figures_dir: Path,
                  bench: Path, crosscheck: Path | None = None) -> str:
-    paper = load_yaml(paper_path)
-    meta = paper["paper"]
-    theirs = paper["results"]["iwslt14"]
+    paper = load_paper(paper_path)
+    meta = paper.data["paper"]
+    numbers = paper.numbers()
     head = ["# PowerNorm: LayerNorm vs BatchNorm vs PowerNorm in a Transformer translator", "",
             f"_Generated by `python -m normrepro.translation.report` from `{results}/` and `{paper_path}`; do not "
-            "edit by hand._", "", "## The claim", "", paper["claim"], "",
+            "edit by hand._", "", "## The claim", "", paper.data["claim"], "",
             f"Source: {meta['authors']}, *{meta['title']}*, {meta['venue']}, arXiv:{meta['arxiv']} ({meta['url']}); "
-            f"code {meta['code']}.", "", f"Paper's numbers ({theirs['label']}, {paper['metric']}):", "",
-            rp.markdown_table([{"arm": a, "BLEU": v["bleu"], "note": v.get("note", "")}
-                               for a, v in theirs["arms"].items()], digits=1), ""]
+            f"code {meta['code']}.", "",
+            f"Paper's numbers ({numbers['label']}, {paper.metric.definition or paper.metric.label}):", "",
+            rp.markdown_table([{"arm": a["name"], "BLEU": a["mean"], "note": a["note"]}
+                               for a in numbers["arms"]], digits=1), ""]
     sections, infos = [], []
     for ds in datasets:
         text, info = dataset_section(results / ds, paper, out, figures_dir)

@@ -1,7 +1,8 @@
 """Stage `summarize`: every run's final.json → `summary.csv` and `runs.csv` of one dataset.
 
     python -m normrepro.translation.summarize --out results/powernorm/<profile>/<data>/summary.csv \\
-        --runs results/powernorm/<profile>/<data>/ln/seed1 ... [--root results/powernorm/<profile>/<data>]
+        --runs results/powernorm/<profile>/<data>/ln/seed1 ... [--root results/powernorm/<profile>/<data>] \\
+        [--paper replications/powernorm/paper.yaml]
 
 Metrics (keys of final.json): `test_bleu_tok` (the paper's tokenized BLEU), `test_bleu_sacre`,
 the same on every out-of-domain set present (`ding_bleu_tok`, ...), all of the primary
@@ -9,10 +10,9 @@ evaluation (running statistics recomputed for the averaged weights), then, when 
 them, `test_avgstats_bleu_tok` and `test_avgstats_bleu_sacre`: the test set with the averaged
 running statistics (secondary; see `normrepro.translation.evaluate`). Per arm: n, mean, std,
 95% t-interval over seeds; per pair: the difference of means with a Welch 95% interval
-(`normrepro.summary`, whose `SUMMARY_COLUMNS` documents each column). Pairs (`PAIRS`): the
-paper's claims `pn - ln` and `ln - bn`, then `pn_v - ln`, `pn - pn_v`, `pn - bn` and the extra
-decoder arms against their encoder-only versions. Diverged runs stay in both tables with their
-status.
+(`normrepro.summary`, whose `SUMMARY_COLUMNS` documents each column). The arms' order and the
+pairs come from paper.yaml (`arms`, `pairs`, and `compare_unlisted_with` for the arms it does not
+list; `normrepro.paper`). Diverged runs stay in both tables with their status.
 """
 
 from __future__ import annotations
@@ -23,15 +23,11 @@ import sys
 from pathlib import Path
 
 from normrepro.errors import cli
+from normrepro.paper import load_paper
 from normrepro.summary import collect_runs, find_run_dirs, write_summary
 
-ARM_ORDER = ("ln", "bn", "bn_masked", "pn_v", "pn", "bn_dec", "pn_dec")
 BASE_METRICS = ("test_bleu_tok", "test_bleu_sacre")
 AVGSTATS_METRICS = ("test_avgstats_bleu_tok", "test_avgstats_bleu_sacre")
-# (A, B) pairs reported as B - A: the paper's claims (pn - ln, ln - bn), then the other contrasts.
-PAIRS = (("ln", "pn"), ("bn", "ln"), ("ln", "pn_v"), ("pn_v", "pn"), ("bn", "pn"), ("ln", "bn_dec"),
-         ("ln", "pn_dec"), ("bn", "bn_dec"), ("pn", "pn_dec"), ("bn_masked", "ln"),
-         ("bn", "bn_masked"))
 
 
 def metric_keys(run_dirs: list[Path]) -> list[str]:
@@ -51,23 +47,18 @@ def metric_keys(run_dirs: list[Path]) -> list[str]:
             + (list(AVGSTATS_METRICS) if avgstats else []))
 
 
-def pairs_for(arms: list[str]) -> list[tuple[str, str]]:
-    pairs = [p for p in PAIRS if set(p) <= set(arms)]
-    pairs += [("ln", a) for a in arms if a not in ARM_ORDER and "ln" in arms]
-    return pairs
-
-
-def summarize(out: str | Path, runs: list[str] | None = None, root: str | Path | None = None):
+def summarize(out: str | Path, runs: list[str] | None = None, root: str | Path | None = None,
+              paper: str | Path = "replications/powernorm/paper.yaml"):
     out = Path(out)
     root = Path(root) if root else out.parent
+    spec = load_paper(paper)
     run_dirs = [Path(r) for r in runs] if runs else find_run_dirs(root)  # not *.replaced-*
     keys = metric_keys(run_dirs)
     table = collect_runs(root, keys, run_dirs)
     if table.empty:
         raise FileNotFoundError(f"no runs found under {root}; train and evaluate first")
-    arms = [a for a in ARM_ORDER if a in set(table["arm"])]
-    arms += sorted(set(table["arm"]) - set(arms))
-    return write_summary(table, keys, out, pairs=pairs_for(arms), arm_order=arms)
+    arms = spec.arm_order(table["arm"])
+    return write_summary(table, keys, out, pairs=spec.pairs(arms), arm_order=arms)
 
 
 @cli
@@ -77,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="summary.csv to write (runs.csv goes beside it)")
     parser.add_argument("--runs", nargs="*", default=None, help="run folders <root>/<arm>/seed<k>")
     parser.add_argument("--root", default=None, help="default: the folder of --out")
+    parser.add_argument("--paper", default="replications/powernorm/paper.yaml",
+                        help="the arms' order and the pairs to compare (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        summary = summarize(args.out, args.runs, args.root)
+        summary = summarize(args.out, args.runs, args.root, args.paper)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
