@@ -311,3 +311,34 @@ def test_cpu_profile_runs_two_one_thread_trainings_at_a_time(monkeypatch):
     assert cfgs and all(cfg["trainer"]["threads"] == 1 for cfg in cfgs)
     assert "trainer.threads" not in schema.NOT_TRAINING["convnext"]
     assert "parallel_runs" in schema.NOT_TRAINING["convnext"]
+
+
+def test_a_tie_goes_to_the_smaller_lr_and_an_edge_choice_is_flagged(tmp_path):
+    """grid.csv and summary.csv agree on a tie (the smaller lr), and a best lr at the grid's end
+    is marked: the optimum may lie outside the grid."""
+    runs = [_grid_run(tmp_path, "ln", lr, [80.0, v])
+            for lr, v in ((4e-3, 89.18), (1e-3, 89.16), (2e-3, 89.18), (8e-3, 88.42))]
+    runs += [_grid_run(tmp_path, "bn", lr, [80.0, v])
+             for lr, v in ((1e-3, 88.62), (2e-3, 88.90), (4e-3, 89.30), (8e-3, 89.54))]
+    summary = sweep.finish(tmp_path, runs, ["bn", "ln"]).set_index("arm")
+    grid = pd.read_csv(tmp_path / "grid.csv")
+    assert sweep.chosen_lr(tmp_path / "grid.csv", "ln") == 2e-3
+    assert grid["chosen"].sum() == 2
+    ln, bn = summary.loc["ln"], summary.loc["bn"]
+    assert ln["chosen_lr"] == 2e-3 and ln["runner_up_lr"] == 4e-3 and not ln["chosen_at_edge"]
+    assert bn["chosen_lr"] == 8e-3 and bn["runner_up_lr"] == 4e-3 and bn["chosen_at_edge"]
+
+
+def test_the_report_says_when_the_chosen_lr_is_on_the_grid_edge(tmp_path):
+    from normrepro.convnext import report
+
+    runs = [_grid_run(tmp_path, "bn", lr, [80.0, v]) for lr, v in ((1e-3, 88.0), (2e-3, 89.0))]
+    runs += [_grid_run(tmp_path, "ln", lr, [80.0, v]) for lr, v in ((1e-3, 88.0), (2e-3, 87.0),
+                                                                     (4e-3, 86.0))]
+    (runs[1] / "config.yaml").write_text("data: {val_size: 5000}\n", encoding="utf-8")
+    sweep.finish(tmp_path, runs, ["bn", "ln"])
+    text = "\n".join(report.sweep_section(tmp_path, tmp_path / "report.md", {}))
+    assert "bn: the chosen lr 0.002 is the grid's largest" in text
+    assert "scored -1.00 points against it" in text
+    assert "(one standard error of that held-out accuracy: 0.44 points)" in text  # sqrt(.89*.11/5000)
+    assert "ln: the chosen lr 0.001 is the grid's smallest" in text

@@ -155,6 +155,21 @@ def _still_climbing(sweep_summary: Path, tolerance: float = 0.5) -> str:
             "training to convergence.")
 
 
+def _held_out_se(sweep_dir: Path, grid: pd.DataFrame, arm: str, lr: float,
+                 top1: float) -> float | None:
+    """Binomial standard error (points) of a held-out top-1 of the grid run (arm, lr), with the
+    held-out size from that run's config.yaml; None when the config is not there."""
+    row = grid[(grid["arm"] == arm) & (grid["lr"] == lr)]
+    cfg_path = sweep_dir / str(row["run_dir"].iloc[0]) / "config.yaml" if len(row) else None
+    if cfg_path is None or not cfg_path.is_file():
+        return None
+    n = int((load_yaml(cfg_path) or {}).get("data", {}).get("val_size") or 0)
+    if n <= 0 or not math.isfinite(top1):
+        return None
+    p = top1 / 100.0
+    return 100.0 * math.sqrt(p * (1.0 - p) / n)
+
+
 def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float]) -> list[str]:
     """The learning-rate sweep behind the arms' lrs, from `sweep/grid.csv` and `summary.csv`."""
     if not (sweep_dir / "summary.csv").is_file() or not (sweep_dir / "grid.csv").is_file():
@@ -188,6 +203,16 @@ def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float])
     lines += ["Does training longer still change the answer? Each arm once more at its chosen lr "
               "with more epochs (same seed), held-out top-1:", "",
               rp.markdown_table(check_rows), ""]
+    for r in summary.itertuples():
+        if str(getattr(r, "chosen_at_edge", False)).lower() == "true":
+            lrs = grid.loc[grid["arm"] == r.arm, "lr"]
+            end = "largest" if math.isclose(float(r.chosen_lr), float(lrs.max())) else "smallest"
+            text = (f"{r.arm}: the chosen lr {r.chosen_lr:g} is the grid's {end}, so the best "
+                    f"lr may lie outside the grid; the runner-up ({r.runner_up_lr:g}) scored "
+                    f"{_signed(float(r.runner_up_val_top1) - float(r.val_top1))} points against it")
+            se = _held_out_se(sweep_dir, grid, r.arm, float(r.chosen_lr), float(r.val_top1))
+            lines += [text + (f" (one standard error of that held-out accuracy: {se:.2f} points)."
+                              if se is not None else "."), ""]
     if mismatch:
         lines += ["**Warning**: the runs above did not use the sweep's choice (" +
                   "; ".join(mismatch) + "); update `arm_overrides` in the profile.", ""]

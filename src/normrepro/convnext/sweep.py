@@ -58,7 +58,9 @@ GRID_COLUMNS = {
 }
 SUMMARY_COLUMNS = {
     "arm": "arm name",
-    "chosen_lr": "the lr with the best held-out top-1 in the grid",
+    "chosen_lr": "the lr with the best held-out top-1 in the grid (a tie goes to the smaller lr)",
+    "chosen_at_edge": "true when chosen_lr is the grid's smallest or largest lr: the best lr may "
+                      "lie outside the grid (compare the runner-up before extending it)",
     "val_top1": "held-out top-1 (%) of the grid run at the chosen lr",
     "runner_up_lr": "the second-best lr of the grid",
     "runner_up_val_top1": "its held-out top-1 (%)",
@@ -140,12 +142,13 @@ def grid_table(sweep_dir: str | Path, runs: list[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         raise FileNotFoundError(f"no grid runs given for {sweep_dir}")
+    df = df.sort_values(["arm", "lr"], kind="stable").reset_index(drop=True)
     df["chosen"] = False
     for arm, sub in df.groupby("arm", sort=False):
         scores = sub["val_top1"].where(sub["status"] == "ok")
         if scores.notna().any():
-            df.loc[scores.idxmax(), "chosen"] = True
-    return df.sort_values(["arm", "lr"], kind="stable")[list(GRID_COLUMNS)].reset_index(drop=True)
+            df.loc[scores.idxmax(), "chosen"] = True  # a tie goes to the smaller lr (first row)
+    return df[list(GRID_COLUMNS)]
 
 
 def chosen_lr(grid_csv: str | Path, arm: str) -> float:
@@ -173,10 +176,13 @@ def resolve_check_run(repl: str | Path, profile: str, arm: str, grid_csv: str | 
 def sweep_summary(grid: pd.DataFrame, sweep_dir: Path, arms: list[str]) -> pd.DataFrame:
     rows = []
     for arm in arms:
-        sub = grid[(grid["arm"] == arm) & (grid["status"] == "ok")].sort_values(
-            "val_top1", ascending=False)
-        best = sub.iloc[0] if len(sub) else None
-        second = sub.iloc[1] if len(sub) > 1 else None
+        arm_lrs = grid.loc[grid["arm"] == arm, "lr"]
+        ok = grid[(grid["arm"] == arm) & (grid["status"] == "ok")]
+        chosen = ok[ok["chosen"].astype(bool)]
+        best = chosen.iloc[0] if len(chosen) else None
+        rest = ok.drop(chosen.index[:1]).sort_values(["val_top1", "lr"], ascending=[False, True],
+                                                      kind="stable")
+        second = rest.iloc[0] if len(rest) else None
         check = _run_row(sweep_dir / arm / "check", sweep_dir) \
             if (sweep_dir / arm / "check").is_dir() else {"status": "missing"}
         check_top1 = check.get("val_top1", math.nan)
@@ -184,6 +190,8 @@ def sweep_summary(grid: pd.DataFrame, sweep_dir: Path, arms: list[str]) -> pd.Da
         rows.append({
             "arm": arm,
             "chosen_lr": float(best["lr"]) if best is not None else math.nan,
+            "chosen_at_edge": best is not None and len(arm_lrs) > 1 and float(best["lr"]) in (
+                float(arm_lrs.min()), float(arm_lrs.max())),
             "val_top1": base,
             "runner_up_lr": float(second["lr"]) if second is not None else math.nan,
             "runner_up_val_top1": float(second["val_top1"]) if second is not None else math.nan,
@@ -289,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             for row in summary.itertuples():
                 print(f"[sweep] {row.arm}: chosen lr {row.chosen_lr:g} (held-out top-1 "
                       f"{row.val_top1:.2f}); {row.check_epochs} epochs: "
-                      f"{row.check_val_top1:.2f} ({row.check_gain:+.2f})", flush=True)
+                      f"{row.check_val_top1:.2f} ({row.check_gain:+.2f})"
+                      + ("; the chosen lr is on the grid's edge" if row.chosen_at_edge else ""),
+                      flush=True)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
