@@ -24,8 +24,8 @@ from normrepro.convnext import report as cxreport
 from normrepro.convnext import sweep
 from normrepro.convnext.data import build_image_transform
 from normrepro.convnext.metrics import write_metrics_csv
-from normrepro.convnext.model import (PointwiseConv2d, SmallMapDepthwiseConv2d, build_model,
-                                      use_fast_convs)
+from normrepro.convnext.model import (TOEPLITZ_MAX_PIXELS, PatchConv2d, PointwiseConv2d,
+                                      SmallMapDepthwiseConv2d, build_model, use_fast_convs)
 from normrepro.convnext.module import ConvNeXtClassifier, memory_format, scaled_lr
 from normrepro.provenance import write_env_json
 from normrepro.summary import collect_runs, summarize_runs
@@ -39,13 +39,15 @@ TINY = {"depths": [1, 1, 2, 1], "dims": [8, 8, 16, 16]}
 def _plain_copy(model: nn.Module) -> nn.Module:
     ref = copy.deepcopy(model)
     for m in ref.modules():
-        if isinstance(m, (SmallMapDepthwiseConv2d, PointwiseConv2d)):
+        if isinstance(m, (SmallMapDepthwiseConv2d, PointwiseConv2d, PatchConv2d)):
             m.__class__ = nn.Conv2d
     return ref
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 9])
 def test_small_map_depthwise_conv_is_the_same_function(size):
+    # maps 1x2, 2x3, 3x4 run as a matrix product (<= TOEPLITZ_MAX_PIXELS), 4x5 and up as a conv
+    assert (size * (size + 1) <= TOEPLITZ_MAX_PIXELS) == (size <= 3)
     torch.manual_seed(size)
     conv = nn.Conv2d(6, 6, 7, padding=3, groups=6).double()
     fast = copy.deepcopy(conv)
@@ -69,6 +71,29 @@ def test_small_map_depthwise_conv_is_the_same_function(size):
         assert torch.all(fast.weight.grad[:, :, outside] == 0)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(3, 4, 8, 8, 2), (2, 5, 12, 8, 4), (2, 3, 6, 5, 2)])
+def test_patch_conv_is_the_same_function(shape, channels_last):
+    B, cin, H, W, k = shape
+    torch.manual_seed(H)
+    conv = nn.Conv2d(cin, 7, k, stride=k).double()
+    fast = copy.deepcopy(conv)
+    assert PatchConv2d.applies_to(fast)
+    fast.__class__ = PatchConv2d
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(B, cin, H, W, dtype=torch.float64).contiguous(memory_format=fmt)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, y2 = conv(x1), fast(x2)  # (6 x 5 with k = 2: the conv drops the last column; so does fast)
+    assert y2.shape == y.shape
+    g = torch.randn_like(y)
+    y.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(y2, y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast.weight.grad, conv.weight.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast.bias.grad, conv.bias.grad, rtol=0, atol=1e-12)
+
+
 def test_fast_convs_only_where_exact():
     assert not SmallMapDepthwiseConv2d.applies_to(nn.Conv2d(4, 4, 7, padding=3, groups=4, stride=2))
     assert not SmallMapDepthwiseConv2d.applies_to(nn.Conv2d(4, 4, 7, padding=2, groups=4))
@@ -76,6 +101,11 @@ def test_fast_convs_only_where_exact():
     assert not PointwiseConv2d.applies_to(nn.Conv2d(4, 8, 1, stride=2))
     assert not PointwiseConv2d.applies_to(nn.Conv2d(4, 8, 1, groups=2))
     assert PointwiseConv2d.applies_to(nn.Conv2d(4, 8, 1))
+    assert not PatchConv2d.applies_to(nn.Conv2d(4, 8, 2, stride=1))
+    assert not PatchConv2d.applies_to(nn.Conv2d(4, 8, 2, stride=2, padding=1))
+    assert not PatchConv2d.applies_to(nn.Conv2d(4, 8, 2, stride=2, groups=2))
+    assert not PatchConv2d.applies_to(nn.Conv2d(4, 8, 1, stride=1))
+    assert PatchConv2d.applies_to(nn.Conv2d(4, 8, 4, stride=4))
 
 
 @pytest.mark.parametrize("norm", ["layer2d", "batch2d"])
@@ -87,6 +117,7 @@ def test_convnext_with_fast_convs_equals_plain_convs(norm, channels_last):
     kinds = [type(m).__name__ for m in model.modules()]
     assert kinds.count("SmallMapDepthwiseConv2d") == sum(TINY["depths"])
     assert kinds.count("PointwiseConv2d") == 2 * sum(TINY["depths"])
+    assert kinds.count("PatchConv2d") == 4  # the stem and three downsampling convs
     ref = _plain_copy(model)
     assert list(model.state_dict()) == list(ref.state_dict())
     x = torch.randn(4, 1, 32, 32, dtype=torch.float64)
@@ -99,7 +130,7 @@ def test_convnext_with_fast_convs_equals_plain_convs(norm, channels_last):
     for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=0, atol=1e-9, msg=name)
     assert use_fast_convs(ref) == {"depthwise": sum(TINY["depths"]),
-                                   "pointwise": 2 * sum(TINY["depths"])}
+                                   "pointwise": 2 * sum(TINY["depths"]), "patch": 4}
 
 
 def test_memory_format_auto_and_explicit():
@@ -125,9 +156,10 @@ def test_absolute_lr_overrides_the_scaling_rule():
 def test_cpu_profile_uses_a_swept_lr_per_arm():
     """The default runs each arm at a value of its sweep grid (chosen by make sweep-convnext)."""
     profile = load_profile(REPL, "cpu")
-    grid = [float(v) for v in profile["sweep"]["lrs"]]
-    assert len(grid) >= 4 and all(b / a == pytest.approx(2.0) for a, b in zip(grid, grid[1:]))
+    grids = sweep.sweep_settings(profile)["lrs"]
     for arm in profile["arms"]:
+        grid = grids[arm]
+        assert len(grid) >= 4 and all(b / a == pytest.approx(2.0) for a, b in zip(grid, grid[1:]))
         lr = resolve(REPL, "cpu", arm, 0)["optim"]["lr"]
         assert lr is not None and any(math.isclose(float(lr), g) for g in grid), arm
 
@@ -194,11 +226,24 @@ def test_sweep_run_configs(tmp_path):
     check = sweep.resolve_check_run(REPL, "cpu", "bn", tmp_path / "grid.csv")
     factor = float(load_profile(REPL, "cpu")["sweep"]["check_epochs_factor"])
     assert check["optim"]["lr"] == 1e-3
-    assert check["trainer"]["max_epochs"] == round(base["trainer"]["max_epochs"] * factor)
+    assert check["trainer"]["max_epochs"] == math.ceil(base["trainer"]["max_epochs"] * factor)
+    assert sweep.check_epochs(7, 1.5) == 11 and sweep.check_epochs(5, 1.5) == 8
+    assert sweep.check_epochs(6, 1.5) == 9
     with pytest.raises(ConfigError, match="no finished grid run"):
         sweep.resolve_check_run(REPL, "cpu", "ln", tmp_path / "grid.csv")
     with pytest.raises(ConfigError, match="sweep.lrs"):
         sweep.sweep_settings({"profile": "x", "sweep": {"lrs": [1e-3]}})
+    per_arm = {"profile": "x", "arms": ["bn", "ln"],
+               "sweep": {"lrs": {"bn": [1e-2, 2e-2], "ln": [1e-3, 2e-3]}}}
+    assert sweep.sweep_settings(per_arm)["lrs"] == {"bn": [1e-2, 2e-2], "ln": [1e-3, 2e-3]}
+    del per_arm["sweep"]["lrs"]["ln"]
+    with pytest.raises(ConfigError, match="no grid for arm.*ln"):
+        sweep.sweep_settings(per_arm)
+    per_arm["sweep"]["lrs"]["ln"] = [1e-3]
+    with pytest.raises(ConfigError, match="sweep.lrs.ln"):
+        sweep.sweep_settings(per_arm)
+    flat = sweep.sweep_settings({"profile": "x", "arms": ["bn", "ln"], "sweep": {"lrs": [1, 2]}})
+    assert flat["lrs"] == {"bn": [1.0, 2.0], "ln": [1.0, 2.0]}
     with pytest.raises(ConfigError, match="no `sweep.lrs`"):
         sweep.sweep_settings({"profile": "smoke"})
 

@@ -79,9 +79,60 @@ def build_model(model_cfg: dict, num_classes: int, in_chans: int,
     return model
 
 
+# Largest map (in pixels, H x W) on which a depthwise conv runs as a matrix product (below).
+# Measured on the 2-core CPU (one thread, batch 128, fwd+bwd, channels-last): 4 x 4 x 80 with a
+# 7 x 7 kernel 32 -> 2.5 ms, 2 x 2 x 160 17 -> 2.5 ms; on 8 x 8 x 40 the 64 x 64 matrices cost
+# about as much as oneDNN's conv (11 vs 15 ms), so larger maps keep the conv.
+TOEPLITZ_MAX_PIXELS = 16
+
+
+def _toeplitz_index(h: int, w: int, k_h: int, k_w: int) -> torch.Tensor:
+    """(H·W, H·W) index into a depthwise kernel flattened to k_h·k_w taps (+1 zero column):
+    entry [j, i] is the tap that multiplies input pixel i in output pixel j of a stride-1 conv
+    with "same" zero padding, or k_h·k_w (the zero) where pixel i is out of the kernel's reach."""
+    oh, ow = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    oh, ow = oh.reshape(-1), ow.reshape(-1)
+    dh = oh[None, :] - oh[:, None] + k_h // 2
+    dw = ow[None, :] - ow[:, None] + k_w // 2
+    reach = (dh >= 0) & (dh < k_h) & (dw >= 0) & (dw < k_w)
+    return torch.where(reach, dh * k_w + dw, k_h * k_w)
+
+
+class _DepthwiseAsMatmul(torch.autograd.Function):
+    """A "same"-padded stride-1 depthwise conv on a small map as one batched matrix product per
+    channel: y_c (B, H·W) = x_c (B, H·W) · M_cᵀ, M_c the (H·W, H·W) Toeplitz matrix of channel
+    c's kernel (`_toeplitz_index`). Backward by hand: ∂x_c = ∂y_c · M_c, and each tap's weight
+    gradient is the sum of ∂M_c = ∂y_cᵀ · x_c over the entries that hold that tap (taps out of
+    every pixel's reach get exactly 0). The operands are made contiguous per channel: CPU bmm
+    otherwise copies every batch slice separately."""
+
+    @staticmethod
+    def forward(ctx, x, weight, index):
+        B, C, H, W = x.shape
+        taps = weight.shape[-2] * weight.shape[-1]
+        flat = torch.cat([weight.reshape(C, taps), weight.new_zeros(C, 1)], 1)
+        m = flat[:, index]                                              # (C, HW_out, HW_in)
+        xs = x.permute(1, 0, 2, 3).reshape(C, B, H * W).contiguous()    # (C, B, HW_in)
+        y = torch.bmm(xs, m.transpose(1, 2).contiguous())               # (C, B, HW_out)
+        ctx.save_for_backward(xs, m, index)
+        ctx.dims = (B, C, H, W, taps, weight.shape)
+        return y.view(C, B, H, W).permute(1, 0, 2, 3)
+
+    @staticmethod
+    def backward(ctx, gy):
+        xs, m, index = ctx.saved_tensors
+        B, C, H, W, taps, wshape = ctx.dims
+        gs = gy.permute(1, 0, 2, 3).reshape(C, B, H * W).contiguous()   # (C, B, HW_out)
+        gx = torch.bmm(gs, m).view(C, B, H, W).permute(1, 0, 2, 3)
+        gm = torch.bmm(gs.transpose(1, 2).contiguous(), xs)            # (C, HW_out, HW_in)
+        gflat = gm.new_zeros(C, taps + 1).scatter_add_(
+            1, index.view(1, -1).expand(C, -1), gm.reshape(C, -1))
+        return gx, gflat[:, :taps].reshape(wshape), None
+
+
 class SmallMapDepthwiseConv2d(nn.Conv2d):
     """A "same"-padded, stride-1 depthwise conv that skips the kernel taps which only ever see
-    zero padding.
+    zero padding, and on CPU runs on the smallest maps as a matrix product.
 
     On an H x W map, a k x k kernel with padding k // 2 can reach a real pixel only with its
     central (2H - 1) x (2W - 1) taps; the others multiply padding zeros. ConvNeXt's 7 x 7
@@ -90,11 +141,21 @@ class SmallMapDepthwiseConv2d(nn.Conv2d):
     alone cost more than all 1 x 1 convs together). Cropping the kernel to the reachable taps
     computes the same function with the same parameters: the outputs are the same sums (up to
     float rounding order), and the unreachable taps get exactly zero gradient, as before.
+    Even cropped, oneDNN's depthwise backward on 4 x 4 and 2 x 2 maps took 16-30 ms per call
+    (batch 128, one thread): on CPU, maps of at most `TOEPLITZ_MAX_PIXELS` pixels therefore run
+    as `_DepthwiseAsMatmul`, again the same sums in another order.
     """
 
     def _conv_forward(self, input, weight, bias):  # noqa: A002 - torch's signature
         kh, kw = self.kernel_size
         h, w = input.shape[-2:]
+        if input.device.type == "cpu" and 1 < h * w <= TOEPLITZ_MAX_PIXELS:
+            key = (h, w)
+            cache = self.__dict__.setdefault("_toeplitz", {})
+            if key not in cache:
+                cache[key] = _toeplitz_index(h, w, kh, kw)
+            y = _DepthwiseAsMatmul.apply(input, weight, cache[key])
+            return y if bias is None else y + bias.view(1, -1, 1, 1)
         ch, cw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
         if (ch, cw) == (kh, kw):
             return super()._conv_forward(input, weight, bias)
@@ -130,10 +191,37 @@ class PointwiseConv2d(nn.Conv2d):
                 and conv.dilation == (1, 1))
 
 
+class PatchConv2d(nn.Conv2d):
+    """A conv whose kernel equals its stride (no padding, no groups): ConvNeXt's patchify stem
+    and its 2 x 2 stride-2 downsampling layers. Each output pixel is a linear map of one
+    non-overlapping patch, so the conv is one GEMM over the patches (`F.linear` with the kernel
+    flattened in (kh, kw, C_in) order to match a channels-last patch): the same function and
+    parameters. On CPU oneDNN's backward of the 2 x 2 downsampling convs took ~17 ms per step
+    (batch 128, one thread, 2 x 2 -> 1 x 1 x 320). The output is channels-last in memory."""
+
+    def _conv_forward(self, input, weight, bias):  # noqa: A002 - torch's signature
+        B, C, H, W = input.shape
+        kh, kw = self.kernel_size
+        if H % kh or W % kw:  # (a remainder the conv would drop: leave it to the conv)
+            return super()._conv_forward(input, weight, bias)
+        patches = (input.permute(0, 2, 3, 1).reshape(B, H // kh, kh, W // kw, kw, C)
+                   .transpose(2, 3).reshape(B, H // kh, W // kw, kh * kw * C))
+        out = torch.nn.functional.linear(
+            patches, weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1), bias)
+        return out.permute(0, 3, 1, 2)
+
+    @classmethod
+    def applies_to(cls, conv: nn.Module) -> bool:
+        return (type(conv) is nn.Conv2d and conv.groups == 1 and conv.kernel_size == conv.stride
+                and conv.kernel_size != (1, 1) and conv.padding in ((0, 0), "valid")
+                and conv.dilation == (1, 1))
+
+
 def use_fast_convs(model: nn.Module) -> dict[str, int]:
-    """Swap eligible convs in place for `SmallMapDepthwiseConv2d` / `PointwiseConv2d` (same
-    weights, same state_dict keys, same function); returns how many of each were swapped."""
-    swapped = {"depthwise": 0, "pointwise": 0}
+    """Swap eligible convs in place for `SmallMapDepthwiseConv2d` / `PointwiseConv2d` /
+    `PatchConv2d` (same weights, same state_dict keys, same function); returns how many of each
+    were swapped."""
+    swapped = {"depthwise": 0, "pointwise": 0, "patch": 0}
     for module in model.modules():
         for child in module.children():
             if SmallMapDepthwiseConv2d.applies_to(child):
@@ -142,6 +230,9 @@ def use_fast_convs(model: nn.Module) -> dict[str, int]:
             elif PointwiseConv2d.applies_to(child):
                 child.__class__ = PointwiseConv2d
                 swapped["pointwise"] += 1
+            elif PatchConv2d.applies_to(child):
+                child.__class__ = PatchConv2d
+                swapped["patch"] += 1
     return swapped
 
 

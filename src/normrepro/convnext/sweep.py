@@ -73,20 +73,46 @@ SUMMARY_COLUMNS = {
 _LR_DIR = re.compile(r"^lr(.+)$")
 
 
+def _lr_list(value, where: str) -> list[float]:
+    try:
+        lrs = [float(v) for v in value]
+    except (TypeError, ValueError):
+        lrs = []
+    if len(lrs) < 2 or any(not (v > 0 and math.isfinite(v)) for v in lrs):
+        raise ConfigError(f"{where}={value!r}: give at least two positive learning rates")
+    return lrs
+
+
 def sweep_settings(profile_cfg: dict) -> dict:
-    """The profile's `sweep` mapping, checked: lrs (>= 2 positive numbers), seed, check factor."""
+    """The profile's `sweep` mapping, checked: lrs (>= 2 positive numbers), seed, check factor.
+
+    `sweep.lrs` is either one list for every arm or a mapping arm -> list (each arm's grid
+    centred on its own optimum); `lrs` in the result is always the mapping, over `arms`."""
     sw = profile_cfg.get("sweep")
     if not isinstance(sw, dict) or not sw.get("lrs"):
         raise ConfigError(f"profile {profile_cfg.get('profile')!r} has no `sweep.lrs`; add "
                           "`sweep: {lrs: [...]}` to its profile file to sweep it")
-    lrs = [float(v) for v in sw["lrs"]]
-    if len(lrs) < 2 or any(not (v > 0 and math.isfinite(v)) for v in lrs):
-        raise ConfigError(f"sweep.lrs={sw['lrs']!r}: give at least two positive learning rates")
+    arms = list(sw.get("arms") or profile_cfg.get("arms") or [])
+    if isinstance(sw["lrs"], dict):
+        missing = [a for a in arms if a not in sw["lrs"]]
+        if missing:
+            raise ConfigError(f"sweep.lrs has no grid for arm(s) {', '.join(missing)}; add "
+                              f"`sweep.lrs.<arm>: [...]` (it has: {', '.join(sw['lrs'])})")
+        lrs = {a: _lr_list(sw["lrs"][a], f"sweep.lrs.{a}") for a in arms}
+    else:
+        grid = _lr_list(sw["lrs"], "sweep.lrs")
+        lrs = {a: grid for a in arms}
     factor = float(sw.get("check_epochs_factor", 1.5))
     if factor <= 1:
         raise ConfigError(f"sweep.check_epochs_factor={factor}: must be > 1")
     return {"lrs": lrs, "seed": int(sw.get("seed", 0)), "check_epochs_factor": factor,
-            "arms": list(sw.get("arms") or profile_cfg.get("arms") or [])}
+            "arms": arms}
+
+
+def check_epochs(epochs: int, factor: float) -> int:
+    """Epochs of the check run: at least `factor` x the schedule's (rounded up, so that 7 x 1.5
+    trains 11 epochs, not Python's round-half-even 10)."""
+    return int(math.ceil(epochs * factor - 1e-9))
 
 
 def resolve_grid_run(repl: str | Path, profile: str, arm: str, lr: float,
@@ -167,7 +193,7 @@ def resolve_check_run(repl: str | Path, profile: str, arm: str, grid_csv: str | 
     lr = chosen_lr(grid_csv, arm)
     cfg = resolve(repl, profile, arm, settings["seed"], [*overrides, f"optim.lr={lr!r}"])
     epochs = int(cfg["trainer"]["max_epochs"])
-    cfg["trainer"]["max_epochs"] = int(round(epochs * settings["check_epochs_factor"]))
+    cfg["trainer"]["max_epochs"] = check_epochs(epochs, settings["check_epochs_factor"])
     cfg.pop("sweep", None)
     cfg["sweep_role"] = "check"
     return cfg
@@ -255,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("repl")
     p.add_argument("--profile", required=True)
     p.add_argument("key", choices=("lrs", "seed", "arms", "check_epochs_factor"))
+    p.add_argument("--arm", help="with `lrs`: that arm's grid (default: every arm's values)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p = sub.add_parser("resolve", help="write a grid run's config (only if it changed)")
     p.add_argument("repl")
@@ -280,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "settings":
-            value = sweep_settings(load_profile(args.repl, args.profile, args.set))[args.key]
+            prof = load_profile(args.repl, args.profile, args.set)
+            if args.key == "lrs" and args.arm is not None:  # (any arm: ARMS= may name others)
+                sw = prof.get("sweep") if isinstance(prof.get("sweep"), dict) else {}
+                prof = {**prof, "sweep": {**sw, "arms": [args.arm]}}
+            value = sweep_settings(prof)[args.key]
+            if args.key == "lrs":
+                value = sorted({v for grid in value.values() for v in grid})
             print(" ".join(map(repr, value)) if args.key == "lrs" else
                   " ".join(map(str, value)) if isinstance(value, list) else value)
         elif args.cmd == "resolve":
