@@ -4,6 +4,7 @@ step-by-step reference of the official PowerNorm (and its equivalence with the p
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -472,6 +473,43 @@ def test_per_token_and_instance_norms_match_references(name, affine, T=T, B=B):
     assert torch.isfinite(torch.stack([g.abs().sum() for g in grads])).all()
 
 
+def test_dyt_matches_reference(T=T, B=B):
+    """`dyt` and `dyt2d` (NCHW and channels-last maps), with and without γ, β: output and every
+    gradient against γ·tanh(α·x) + β written with torch.tanh, in float64 (the kernels use
+    torch.tanh there) and float32 (their rational tanh; the sums in float32)."""
+    cases = [("dyt", (T, B, C), torch.contiguous_format),
+             ("dyt2d", (B, C, 3, T), torch.contiguous_format),
+             ("dyt2d", (B, C, 3, T), torch.channels_last)]
+    for (name, shape, fmt), affine, dtype in itertools.product(cases, (True, False),
+                                                             (torch.float64, torch.float32)):
+        torch.manual_seed(0)
+        norm = create_norm(name, C, affine=affine).to(dtype)
+        with torch.no_grad():
+            for p in norm.parameters():
+                p.copy_(torch.randn_like(p))
+        x = (3 * torch.randn(shape, dtype=dtype)).contiguous(memory_format=fmt).requires_grad_(True)
+        gy = torch.randn(shape, dtype=dtype)
+        params = list(norm.parameters())
+        y = norm(x)
+        grads = torch.autograd.grad(y, [x] + params, gy)
+        assert y.dtype == dtype and y.is_contiguous(memory_format=fmt)
+        xr = x.detach().double().requires_grad_(True)
+        pr = [p.detach().double().requires_grad_(True) for p in params]
+        view = (C,) if name == "dyt" else (C, 1, 1)
+        yr = torch.tanh(pr[0] * xr)
+        if affine:
+            yr = yr * pr[1].view(view) + pr[2].view(view)
+        grads_r = torch.autograd.grad(yr, [xr] + pr, gy.double())
+        if dtype == torch.float64:
+            torch.testing.assert_close(y, yr)
+            for g, gr in zip(grads, grads_r):
+                torch.testing.assert_close(g, gr)
+        else:  # float32: a few ulp per element; sums of ~100 terms
+            torch.testing.assert_close(y.double(), yr, rtol=1e-6, atol=1e-6)
+            for g, gr in zip(grads, grads_r):
+                torch.testing.assert_close(g.double(), gr, rtol=1e-5, atol=1e-5)
+
+
 def test_fused_kernels_match_references_in_both_modes(kernel_mode):
     from normrepro.norms import kernels
 
@@ -482,6 +520,7 @@ def test_fused_kernels_match_references_in_both_modes(kernel_mode):
         for name in ("rms", "group", "instance"):
             for affine in (True, False):
                 test_per_token_and_instance_norms_match_references(name, affine, T=Tn, B=Bn)
+        test_dyt_matches_reference(T=Tn, B=Bn)
     test_power_equals_paper_algorithm2_reparametrisation()
     if kernel_mode == "compiled":  # the compiled path really ran (no silent eager fallback)
         inactive = [k.fn.__name__ for k in kernels._KERNELS if not k.active]

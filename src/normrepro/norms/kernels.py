@@ -147,6 +147,31 @@ def _colsum(t: torch.Tensor, block: int = 16) -> torch.Tensor:
     return t[: block * k].view(k, block, *t.shape[1:]).sum(1).sum(0) + t[block * k:].sum(0)
 
 
+# Column sums that need no loop of their own in a compiled kernel: ATen's norm backward kernels
+# take the sums the affine parameters' gradients need in one walk over g and the normalised
+# input, row-major with per-thread partial sums, in about half the time of the sums inductor
+# generates on CPU (`_colsum`, whose loop cannot be shared with a kernel's other outputs). Called
+# outside the kernels (inside one, inductor would decompose them again), in both paths.
+
+def _bn_sums(g: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ g·t, Σ g) over every dim but dim 1 of (N, C) or (B, C, L) tensors: BatchNorm's
+    backward sums, its x̂ being t for mean 0 and inverse std 1."""
+    C = g.shape[1]
+    if g.numel() == 0:  # (ATen's CPU kernel divides by the element count: SIGFPE)
+        return g.new_zeros(C), g.new_zeros(C)
+    _, sum_gt, sum_g = torch.ops.aten.native_batch_norm_backward(
+        g, t, None, None, None, g.new_zeros(C), g.new_ones(C), True, 0.0, [False, True, True])
+    return sum_gt, sum_g
+
+
+def _ln_sum(g: torch.Tensor, x: torch.Tensor, r: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Σ_n g·x·r_n over the rows of (N, C) tensors with r (N, 1): LayerNorm's backward sum for
+    its weight (any (C,) tensor of x's dtype: ATen shapes the sum like it), its x̂ being x·r for
+    mean 0 and inverse std r."""
+    return torch.ops.aten.native_layer_norm_backward(
+        g, x, [x.shape[-1]], torch.zeros_like(r), r, weight, None, [False, True, False])[1]
+
+
 def _real_rows(pad_mask, N: int, like: torch.Tensor) -> torch.Tensor:
     """(N, 1) weights in `like`'s dtype: 1 at real tokens, 0 at padding, rows in (T, B) order.
     Built from the (B, T) pad mask inside the kernels, so that it costs no separate ops."""

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normrepro.norms.common import _check_img, _check_seq, _compute_dtype
-from normrepro.norms.kernels import _colsum, _Kernel, _no_autocast
+from normrepro.norms.kernels import _Kernel, _ln_sum, _no_autocast
 
 __all__ = ["SeqLayerNorm", "SeqRMSNorm", "LayerNorm2d"]
 
@@ -46,21 +46,24 @@ class SeqRMSNorm(nn.Module):
         return _RMSNormFn.apply(x2d, w, self.eps).reshape(T, B, C)
 
 
-# RMSNorm, per token: (N, C) rows. The kernels keep each row's sum of squares (a reduction
-# output that inductor writes from the same loop as the output row) and derive 1/RMS from it.
+# RMSNorm, per token: (N, C) rows. The forward keeps each row's sum of squares (a reduction
+# output that inductor writes from the same loop as the output row) and divides by the row's
+# RMS (a 1/RMS factor inlined into the loop would be recomputed, square root and division, for
+# every 8 floats). The backward derives 1/RMS from the sum and returns it (a buffer, see
+# `_colsum`) for the weight's gradient Σ gy·x/RMS over the rows, which ATen's LayerNorm backward
+# takes (`_ln_sum`) in less time than a column-sum loop in the kernel.
 
 def _rms_fwd(x, weight, *, eps: float):
     ss = (x * x).sum(-1, keepdim=True)
-    return x * torch.rsqrt(ss / x.shape[-1] + eps) * weight, ss
+    return x / torch.sqrt(ss / x.shape[-1] + eps) * weight, ss
 
 
 def _rms_bwd(gy, x, ss, weight, *, eps: float):
-    rstd = torch.rsqrt(ss / x.shape[-1] + eps)  # also returned, to be a buffer (see `_colsum`)
+    rstd = torch.rsqrt(ss / x.shape[-1] + eps)
     xhat = x * rstd
     g = gy * weight
     # d/dx of x·r with r = (mean x² + ε)^(-1/2): r·(g − x̂·mean(g·x̂))
-    gx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
-    return gx, _colsum(gy * xhat), rstd
+    return rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True)), rstd
 
 
 _RMS_FWD, _RMS_BWD = _Kernel(_rms_fwd), _Kernel(_rms_bwd)
@@ -80,9 +83,11 @@ class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, ss, weight = ctx.saved_tensors
+        gy = gy.contiguous()
         with _no_autocast(gy.device.type):
-            gx, gweight, _ = _RMS_BWD(gy.contiguous(), x, ss, weight, eps=ctx.eps)
-        return gx, gweight if ctx.needs_input_grad[1] else None, None
+            gx, rstd = _RMS_BWD(gy, x, ss, weight, eps=ctx.eps)
+            gweight = _ln_sum(gy, x, rstd, weight) if ctx.needs_input_grad[1] else None
+        return gx, gweight, None
 
 
 class LayerNorm2d(nn.LayerNorm):
