@@ -31,7 +31,7 @@ plan_args = --profile '$(PROFILE)' --set '$(SET)' --what 'make $@$(foreach v,PRO
 PYTHON_FOR_VENV ?= $(shell for p in python3.11 python3.12 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info[:2] not in ((3,11),(3,12)))' 2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: help setup test bench-norms gpu-check clean-results
+.PHONY: help setup test report bench-norms gpu-check clean-results
 
 help: ## list the public targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -54,6 +54,9 @@ $(SETUP): pyproject.toml
 
 test: $(SETUP) ## run the test suite (CPU, tiny synthetic data)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+report: $(SETUP) ## the results index: results/README.md, index.html, summary.png (every replicate-* runs it)
+	$(PY) -m normrepro.stages.index --results results --replications replications
 
 bench-norms: $(SETUP) ## time fwd+bwd of every sequence norm vs torch LayerNorm -> results/bench/norms.json
 	$(PY) -m normrepro.bench_norms --out results/bench/norms.json

@@ -36,6 +36,7 @@ cx_cli = $(call given,$(1))
 
 replicate-convnext: $(SETUP) ## ConvNeXt BatchNorm vs LayerNorm, fetch to report (PROFILE DATASET ARMS SEEDS SET)
 	@$(PLAN) convnext --goal replicate $(plan_args) -- $(MAKE) --no-print-directory _cx-replicate
+	@$(MAKE) --no-print-directory report
 
 bench-convnext: $(SETUP) ## training images/s, Lightning vs bare PyTorch loop, per arm -> results/bench/convnext-<profile>.json
 	@$(PLAN) convnext --goal bench $(plan_args) -- $(MAKE) --no-print-directory _cx-bench

@@ -18,7 +18,6 @@
 #     sync_cost/sync_cost.csv                          5. cost of synchronised BN ...
 #     ddp/ddp.csv                                         ... and per-worker vs sync BN under DDP
 #     report.md                                        report
-#   results/README.md                                  the index of every profile's reports
 #
 # Runs: image-bn, text-bn, text-pn_v (fluctuation), text-bn_unmasked (padding, against text-bn),
 # ddp-bn, ddp-bn_sync (DDP on 2 CPU processes); their configs come from the replications' own
@@ -35,6 +34,7 @@ INS_REPL := replications/insights
 
 replicate-insights: $(SETUP) ## why transformers use LayerNorm: five experiments -> results/insights/<profile>/report.md (PROFILE SET)
 	@$(PLAN) insights --goal replicate $(plan_args) -- $(MAKE) --no-print-directory _ins-replicate
+	@$(MAKE) --no-print-directory report
 
 _ins-force:
 
@@ -50,7 +50,7 @@ rec = $(INS_RUNS)/$(1)/record.json
 # Files of the pattern chains that make must not delete as intermediates.
 .SECONDARY: $(foreach r,$(INS_IMG_RUNS) $(INS_TXT_RUNS),$(INS_RUNS)/$(r)/record.json)
 
-_ins-replicate: $(INS_RES)/report.md results/README.md
+_ins-replicate: $(INS_RES)/report.md
 	@echo "[insights] report: $(INS_RES)/report.md (profile $(PROFILE))"
 
 # Data: made by the replications' own rules (data/processed/...: prepared.json, MANIFEST.json),
@@ -95,7 +95,4 @@ $(INS_RES)/ddp/ddp.csv: $(INS_RUNS)/ddp-bn/final.json $(INS_RUNS)/ddp-bn_sync/fi
 $(INS_RES)/report.md: $(INS_RES)/fluctuation/fluctuation_summary.csv $(INS_RES)/padding/padding_bins.csv \
 		$(INS_RES)/causal/causal.csv $(INS_RES)/axes/axes.csv $(INS_RES)/ddp/ddp.csv
 	$(PY) -m normrepro.insights.report report --results $(INS_RES) --profile $(PROFILE) --out $@
-
-results/README.md: $(INS_RES)/report.md $(wildcard results/*/*/report.md)
-	$(PY) -m normrepro.insights.report index --results results --out $@
 endif

@@ -39,6 +39,7 @@ PN_REPL := replications/powernorm
 # passes it to the sub-make as -j.
 replicate-powernorm: $(SETUP) ## PowerNorm vs BatchNorm vs LayerNorm translation, fetch to report (PROFILE DATASET ARMS SEEDS SET)
 	@$(PLAN) powernorm --goal replicate $(plan_args) -- $(MAKE) --no-print-directory _pn-replicate
+	@$(MAKE) --no-print-directory report
 
 # The cross-check's data: the smoke set by default (minutes); CROSSCHECK_PROFILE=cpu runs the same
 # widened small model on the full Bible data instead.

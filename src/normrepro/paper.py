@@ -29,6 +29,12 @@ naming the file and the key (`ConfigError`, the conventions of `normrepro.schema
                 reported after the primary one
     notes:    differences in kind between the paper's comparison and ours (report bullets)
     setup:    dotted config key -> the paper's value (the report's deviation list)
+    index:    rows of the results index's grid (`normrepro.stages.index`): each
+              - row       "ConvNeXt / images": the grid row (architecture / data)
+                columns   arm -> grid column (BN, PN, LN, RMS, DyT; the `LN` arm is the reference)
+                dataset   only this data set's results (optional; default every one found)
+                speed     {file, key, unit}: the runs' training throughput, read from each run
+                          folder's `file` (a JSON key, or a CSV column averaged over its rows)
 
 The verdict rule, one vocabulary for every replication (`verdict`): d = mean over seeds of
 b[seed] - a[seed] (arms share seeds), [lo, hi] its paired-t 95% interval; with a metric where
@@ -144,6 +150,21 @@ class _Claim:
 
 
 @dataclass
+class _Speed:
+    file: str
+    key: str
+    unit: str
+
+
+@dataclass
+class _IndexRow:
+    row: str
+    columns: dict[str, str]
+    dataset: Optional[str]
+    speed: _Speed
+
+
+@dataclass
 class _PaperFile:
     paper: _Citation
     claim: str
@@ -156,7 +177,13 @@ class _PaperFile:
     claims: list[_Claim]
     notes: list[str]
     setup: dict[str, Any]
+    index: list[_IndexRow]
 
+
+# The results index's grid columns (norm families, in order) and the one every cell is
+# relative to (`normrepro.stages.index`).
+GRID_COLUMNS = ("BN", "PN", "LN", "RMS", "DyT")
+REFERENCE_COLUMN = "LN"
 
 REQUIRED = {"": ("paper", "claim", "metric", "arms", "primary", "results", "claims"),
             "paper": ("title", "authors", "venue", "arxiv", "url"),
@@ -351,6 +378,25 @@ def _check_arms(data: dict, path: Path) -> None:
         if c["id"] in ids:
             raise ConfigError(f"{path}: claims[{i}].id: {c['id']!r} is used twice")
         ids.add(c["id"])
+    rows = set()
+    for i, entry in enumerate(data.get("index") or []):
+        where = f"index[{i}]"
+        _missing(entry, ("row", "columns", "speed"), where, path)
+        _missing(entry["speed"], ("file", "key", "unit"), f"{where}.speed", path)
+        if entry["row"] in rows:
+            raise ConfigError(f"{path}: {where}.row: {entry['row']!r} is listed twice")
+        rows.add(entry["row"])
+        columns = list(entry["columns"].values())
+        for arm, column in entry["columns"].items():
+            known(arm, f"{where}.columns")
+            if column not in GRID_COLUMNS:
+                raise ConfigError(f"{path}: {where}.columns.{arm}: {column!r} is not a grid "
+                                  f"column ({', '.join(GRID_COLUMNS)})")
+            if columns.count(column) > 1:
+                raise ConfigError(f"{path}: {where}.columns: two arms fill the column {column!r}")
+        if REFERENCE_COLUMN not in columns:
+            raise ConfigError(f"{path}: {where}.columns: no arm fills the reference column "
+                              f"{REFERENCE_COLUMN!r} (every cell is relative to it)")
     for name, r in data["results"].items():
         for arm in r["arms"]:
             known(arm, f"results.{name}.arms")

@@ -18,6 +18,6 @@ CSV and a figure (PNG + PDF, atomically) in seconds on a CPU:
 * `ddp`: per-worker vs global BN statistics during a Lightning DDP fit (`WorkerStatsCallback`) and
   the per-worker vs synchronised BN comparison.
 * `runs`: the training runs behind them (arms of the two replications with a recorder attached),
-  configured in `replications/insights/`; `report`: `results/insights/<profile>/report.md` and the index
-  `results/README.md`. `make replicate-insights` runs everything.
+  configured in `replications/insights/`; `report`: `results/insights/<profile>/report.md`.
+  `make replicate-insights` runs everything, then the shared index stage (`make report`).
 """
