@@ -282,4 +282,8 @@ def test_bench_writes_both_throughputs_and_their_ratio(tmp_path):
         assert arm["ratio"] == pytest.approx(arm["lightning_images_per_s"] / arm["bare_images_per_s"])
         assert all(v > 0 for v in arm["bare_runs"] + arm["lightning_runs"])
     assert result["meets_target"] == (result["min_ratio"] >= result["target_ratio"])
+    rel = result["relative_to_ln"]
+    assert rel["ln"] == 1.0 and rel["bn"] == pytest.approx(
+        result["arms"]["bn"]["lightning_images_per_s"] / result["arms"]["ln"]["lightning_images_per_s"])
+    assert result["bn_meets_target"] == (rel["bn"] >= result["bn_target_relative_to_ln"])
     assert result["env"]["hardware"]["cpu_count"]

@@ -150,3 +150,15 @@ def test_paper_yaml_index_rows_are_checked(tmp_path):
         else:
             with pytest.raises(ConfigError, match=message):
                 load_paper(path)
+
+
+def test_the_index_lists_every_existing_report_with_its_command(tmp_path):
+    for profile in ("cpu", "smoke"):  # every profile has its own folder and report
+        (tmp_path / "insights" / profile).mkdir(parents=True)
+        (tmp_path / "insights" / profile / "report.md").write_text(f"# Insights {profile}\n")
+    index.write_index(tmp_path, REPLS)
+    text = (tmp_path / "README.md").read_text()
+    assert "[Insights cpu](insights/cpu/report.md)" in text
+    assert "[Insights smoke](insights/smoke/report.md)" in text
+    assert "`make replicate-insights PROFILE=smoke`" in text
+    assert "convnext/" not in text  # no report there: not linked

@@ -428,16 +428,3 @@ def test_report_names_a_missing_stage(tmp_path):
     (res / "ddp" / "ddp.csv").unlink()
     assert ins_report.main(["report", "--results", str(res), "--out", str(res / "report.md")]) == 2
     assert not (res / "report.md").exists()
-
-
-def test_index_links_only_existing_reports(tmp_path):
-    for profile in ("cpu", "smoke"):  # every profile has its own folder and report
-        (tmp_path / "insights" / profile).mkdir(parents=True)
-        (tmp_path / "insights" / profile / "report.md").write_text("# x\n")
-    out = tmp_path / "README.md"
-    assert ins_report.main(["index", "--results", str(tmp_path), "--out", str(out)]) == 0
-    text = out.read_text()
-    assert "(insights/cpu/report.md)" in text and "(insights/smoke/report.md)" in text
-    assert "`make replicate-insights PROFILE=smoke`" in text
-    assert "convnext/" not in text and "not generated yet" in text
-    assert "`make replicate-powernorm`" in text

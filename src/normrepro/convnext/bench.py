@@ -16,6 +16,9 @@ Timing: the first `warmup` steps are excluded; the clock runs from the end of st
 to the end of the last step, after a device synchronisation on GPU, so both sides include data
 loading. Sides alternate, `repeats` times; the JSON stores every measurement and the medians,
 and ratio = median(Lightning) / median(bare). Target: ratio >= 0.95.
+
+Arms against each other: `relative_to_ln` is each arm's median Lightning images/s over the LN
+arm's (the BatchNorm arm's target: >= 0.8, `bn_target_relative_to_ln`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from normrepro.io import atomic_write_json
 from normrepro.provenance import env_info
 
 TARGET_RATIO = 0.95
+BN_TARGET_RELATIVE_TO_LN = 0.8
 
 
 def _sync(device: torch.device) -> None:
@@ -157,6 +161,9 @@ def bench(repl: str | Path, profile: str, arms: list[str], warmup: int, steps: i
     spec = dataset_spec(first["data"]["dataset"])
     size = int(first["data"].get("image_size") or spec.image_size)
     ratios = [r["ratio"] for r in results.values()]
+    ln = results.get("ln", {}).get("lightning_images_per_s")
+    relative = ({arm: r["lightning_images_per_s"] / ln for arm, r in results.items()}
+                if ln else {})
     return {
         "benchmark": "ConvNeXt training step: Lightning Trainer.fit vs bare PyTorch loop",
         "profile": first["profile"],
@@ -174,6 +181,10 @@ def bench(repl: str | Path, profile: str, arms: list[str], warmup: int, steps: i
         "min_ratio": min(ratios),
         "target_ratio": TARGET_RATIO,
         "meets_target": min(ratios) >= TARGET_RATIO,
+        "relative_to_ln": relative,
+        "bn_target_relative_to_ln": BN_TARGET_RELATIVE_TO_LN,
+        "bn_meets_target": (relative["bn"] >= BN_TARGET_RELATIVE_TO_LN
+                            if "bn" in relative else None),
         "env": env_info(),
     }
 
