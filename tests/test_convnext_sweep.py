@@ -330,6 +330,10 @@ def test_verdict_warns_when_the_sweep_says_training_was_still_climbing(tmp_path)
                   {"arm": "ln", "check_gain": 0.2, "check_epochs": 6}]).to_csv(path, index=False)
     text = cxreport._still_climbing(path)
     assert "still improving" in text and "bn +2.06" in text and "6 epochs" in text
+    assert text.startswith("bn was still improving")  # only the arm that gained >= 0.5
+    pd.DataFrame([{"arm": "bn", "check_gain": 0.6, "check_epochs": 6},
+                  {"arm": "ln", "check_gain": 1.0, "check_epochs": 6}]).to_csv(path, index=False)
+    assert cxreport._still_climbing(path).startswith("both arms were still improving")
     pd.DataFrame([{"arm": "bn", "check_gain": 0.3, "check_epochs": 6}]).to_csv(path, index=False)
     assert cxreport._still_climbing(path) == ""
     assert cxreport._still_climbing(tmp_path / "missing.csv") == ""
@@ -387,3 +391,20 @@ def test_the_report_says_when_the_chosen_lr_is_on_the_grid_edge(tmp_path):
     assert "scored -1.00 points against it" in text
     assert "(one standard error of that held-out accuracy: 0.44 points)" in text  # sqrt(.89*.11/5000)
     assert "ln: the chosen lr 0.001 is the grid's smallest" in text
+
+
+def test_the_sweep_table_has_every_arms_lrs_when_the_grids_differ(tmp_path):
+    from normrepro.convnext import report
+
+    runs = [_grid_run(tmp_path, "bn", lr, [80.0, v]) for lr, v in ((4e-3, 90.0), (8e-3, 89.0))]
+    runs += [_grid_run(tmp_path, "ln", lr, [80.0, v]) for lr, v in ((1e-3, 88.0), (2e-3, 89.5))]
+    sweep.finish(tmp_path, runs, ["bn", "ln"])
+    text = "\n".join(report.sweep_section(tmp_path, tmp_path / "report.md", {}))
+    text = text.split("Does training longer")[0]  # the grid table only, not the check's
+    header = next(line for line in text.splitlines() if line.startswith("| arm"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "arm", "lr 0.001", "lr 0.002", "lr 0.004", "lr 0.008"]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in text.splitlines() if line.startswith("| bn") or line.startswith("| ln")}
+    assert rows["bn"] == ["–", "–", "**90.00**", "89.00"]
+    assert rows["ln"] == ["88.00", "**89.50**", "–", "–"]

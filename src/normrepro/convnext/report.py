@@ -149,10 +149,14 @@ def _still_climbing(sweep_summary: Path, tolerance: float = 0.5) -> str:
     if not gains or max(gains.values()) < tolerance:
         return ""
     epochs = int(df["check_epochs"].max())
-    return ("both arms were still improving when training stopped (the sweep's run with "
+    climbing = [a for a, g in gains.items() if g >= tolerance]
+    who = ("both arms were" if len(climbing) == len(gains) == 2 else
+           "every arm was" if len(climbing) == len(gains) else
+           f"{' and '.join(climbing)} {'was' if len(climbing) == 1 else 'were'}")
+    return (f"{who} still improving when training stopped (the sweep's run with "
             f"{epochs} epochs gained " + ", ".join(f"{a} {_signed(g)}" for a, g in gains.items())
-            + " held-out points), so this compares the norms after a short schedule, not after "
-            "training to convergence.")
+            + f" held-out points; {tolerance:g} or more counts as still improving), so this "
+            "compares the norms after a short schedule, not after training to convergence.")
 
 
 def _held_out_se(sweep_dir: Path, grid: pd.DataFrame, arm: str, lr: float,
@@ -179,8 +183,9 @@ def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float])
     grid = pd.read_csv(sweep_dir / "grid.csv")
     summary = pd.read_csv(sweep_dir / "summary.csv")
     rows = []
+    lrs = sorted(set(float(v) for v in grid["lr"]))  # every arm's grid: arms may differ
     for arm, sub in grid.groupby("arm", sort=True):
-        row = {"arm": arm}
+        row = {"arm": arm, **{f"lr {lr:g}": "–" for lr in lrs}}
         for r in sub.sort_values("lr").itertuples():
             cell = rp.fmt_num(r.val_top1) if r.status == "ok" else str(r.status)
             row[f"lr {r.lr:g}"] = f"**{cell}**" if bool(r.chosen) else cell
@@ -188,7 +193,8 @@ def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float])
     lines = ["### Learning-rate sweep (held-out top-1, %)", "",
              "Each arm trained once (one seed) per learning rate with this profile's schedule, "
              "scored on the held-out images after the last epoch; the test split is never read. "
-             "Bold: the arm's best, which the profile uses.", "", rp.markdown_table(rows), ""]
+             "Bold: the arm's best, which the profile uses; –: not in that arm's grid.", "",
+             rp.markdown_table(rows), ""]
     check_rows, mismatch = [], []
     for r in summary.itertuples():
         check_rows.append({"arm": r.arm, "chosen lr": f"{r.chosen_lr:g}",
