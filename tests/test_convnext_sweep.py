@@ -44,6 +44,19 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
+def _assert_same_function(conv: nn.Module, fast: nn.Module, x: torch.Tensor, x2: torch.Tensor):
+    """`fast` on x2 equals `conv` on x (equal leaf tensors): output and every gradient, float64."""
+    y, y2 = conv(x), fast(x2)
+    assert y2.shape == y.shape
+    g = torch.randn_like(y)
+    y.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(y2, y, rtol=0, atol=1e-12)
+    torch.testing.assert_close(x2.grad, x.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast.weight.grad, conv.weight.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast.bias.grad, conv.bias.grad, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 9])
 def test_small_map_depthwise_conv_is_the_same_function(size):
     # maps 1x2, 2x3, 3x4 run as a matrix product (<= TOEPLITZ_MAX_PIXELS), 4x5 and up as a conv
@@ -55,14 +68,7 @@ def test_small_map_depthwise_conv_is_the_same_function(size):
     fast.__class__ = SmallMapDepthwiseConv2d
     x = torch.randn(3, 6, size, size + 1, dtype=torch.float64, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
-    y, y2 = conv(x), fast(x2)
-    g = torch.randn_like(y)
-    y.backward(g)
-    y2.backward(g)
-    torch.testing.assert_close(y2, y, rtol=0, atol=1e-12)
-    torch.testing.assert_close(x2.grad, x.grad, rtol=0, atol=1e-12)
-    torch.testing.assert_close(fast.weight.grad, conv.weight.grad, rtol=0, atol=1e-12)
-    torch.testing.assert_close(fast.bias.grad, conv.bias.grad, rtol=0, atol=1e-12)
+    _assert_same_function(conv, fast, x, x2)
     if size <= 2:  # taps out of reach of every pixel get exactly zero gradient
         rh, rw = 2 * size - 1, 2 * (size + 1) - 1
         top, left = (7 - rh) // 2, (7 - rw) // 2
@@ -83,15 +89,8 @@ def test_patch_conv_is_the_same_function(shape, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(B, cin, H, W, dtype=torch.float64).contiguous(memory_format=fmt)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y, y2 = conv(x1), fast(x2)  # (6 x 5 with k = 2: the conv drops the last column; so does fast)
-    assert y2.shape == y.shape
-    g = torch.randn_like(y)
-    y.backward(g)
-    y2.backward(g)
-    torch.testing.assert_close(y2, y, rtol=0, atol=1e-12)
-    torch.testing.assert_close(x2.grad, x1.grad, rtol=0, atol=1e-12)
-    torch.testing.assert_close(fast.weight.grad, conv.weight.grad, rtol=0, atol=1e-12)
-    torch.testing.assert_close(fast.bias.grad, conv.bias.grad, rtol=0, atol=1e-12)
+    # (6 x 5 with k = 2: the conv drops the last column; so does fast)
+    _assert_same_function(conv, fast, x1, x2)
 
 
 def test_fast_convs_only_where_exact():

@@ -159,20 +159,19 @@ def _fill(grid: Grid, results: Path, name: str, paper: Paper, entry: dict) -> No
     folders = sorted(p.parent for p in results.glob(f"{name}/{grid.profile}/*/summary.csv")
                      if entry.get("dataset") in (None, p.parent.name))
     metric = paper.metric
+    tables = {}  # each folder's summary.csv and runs.csv, read once for every arm
+    for folder in folders:
+        runs_csv = folder / "runs.csv"
+        tables[folder] = (pd.read_csv(folder / "summary.csv"), pd.read_csv(runs_csv)
+                          if runs_csv.is_file() else pd.DataFrame(
+                              columns=["arm", "status", "run_dir"]))
     for arm, column in entry["columns"].items():
         key = (entry["row"], column)
         if key in grid.cells and grid.cells[key].status == "ok":
             continue  # filled by a replication earlier in name order
-        cell = Cell(entry["row"], column, "not_run", name, arm,
-                    command + (f" ARMS=\"{' '.join(entry['columns'])}\""
-                               if arm not in (paper.data.get("arms") or {}) else ""),
-                    reference=(arm == ref), metric=metric.label, unit=metric.unit,
-                    speed_unit=entry["speed"]["unit"])
-        for folder in folders:
-            summary = pd.read_csv(folder / "summary.csv")
-            runs_csv = folder / "runs.csv"
-            runs = pd.read_csv(runs_csv) if runs_csv.is_file() else pd.DataFrame(
-                columns=["arm", "status", "run_dir"])
+        cell = Cell(entry["row"], column, "not_run", name, arm, command, reference=(arm == ref),
+                    metric=metric.label, unit=metric.unit, speed_unit=entry["speed"]["unit"])
+        for folder, (summary, runs) in tables.items():
             arm_row = summary[(summary["kind"] == "arm") & (summary["name"] == arm)
                               & (summary["metric"] == metric.name)]
             if arm_row.empty:
@@ -306,8 +305,7 @@ def markdown(grids: list[Grid], results: Path, out: Path) -> str:
         sep = "|---|" + "---|" * len(grid.columns)
         lines = [f"### Profile `{grid.profile}`", header, sep]
         for row in grid.rows:
-            cells = [" ".join(_md(x) for x in [cell_lines(grid.cell(row, c))[0]])
-                     + "".join("<br>" + _md(x) for x in cell_lines(grid.cell(row, c))[1:])
+            cells = ["<br>".join(_md(x) for x in cell_lines(grid.cell(row, c)))
                      for c in grid.columns]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
@@ -358,8 +356,8 @@ def figure_png(grids: list[Grid]) -> bytes:
                 cell = grid.cell(row, column)
                 ax.add_patch(plt.Rectangle((0.82 + j, i + 0.04), 0.96, 0.92,
                                            color=colours[_verdict_class(cell)], ec="#999999"))
-                text = "\n".join(x.strip("`") if not x.startswith("`make") else x.strip("`")
-                                 .replace(" PROFILE", "\nPROFILE") for x in cell_lines(cell))
+                text = "\n".join(x.strip("`").replace(" PROFILE", "\nPROFILE")
+                                 for x in cell_lines(cell))
                 ax.text(1.3 + j, i + 0.5, text, ha="center", va="center", fontsize=6.5)
     fig.tight_layout()
     buf = io.BytesIO()
