@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normrepro.convnext.data import FASHION_FILES
+from normrepro.tasks.image_classification.data import FASHION_FILES
 from normrepro.fetch import write_manifest
 
 

@@ -1,7 +1,7 @@
 # ConvNeXt BN -> LN replication pipeline (included by the top-level Makefile). Every stage is a file:
 #
 #   data/raw/<dataset>/MANIFEST.json                   fetch      (normrepro.fetch)
-#   data/processed/<dataset>/prepared.json             prepare    (normrepro.convnext.prepare; redone
+#   data/processed/<dataset>/prepared.json             prepare    (normrepro.stages.prepare; redone
 #                                                                 when a raw file changes; checks
 #                                                                 the raw files' hashes)
 #   results/convnext/<profile>/                        everything one profile writes, nothing else:
@@ -46,7 +46,7 @@ _cx-force:
 # Data (whenever a plan names it: this pipeline's, or the insights pipeline's).
 ifneq ($(CX_PREP),)
 $(CX_PREP): $(CX_RAW) $(CX_RAW_FILES)
-	$(PY) -m normrepro.convnext.prepare --dataset $(CX_DATASET) --raw $(patsubst %/,%,$(dir $(CX_RAW))) \
+	$(PY) -m normrepro.stages.prepare --task image_classification $(CX_DATASET) --raw $(patsubst %/,%,$(dir $(CX_RAW))) \
 		--out $(patsubst %/,%,$(dir $(CX_PREP)))
 endif
 
@@ -64,35 +64,34 @@ _cx-replicate: $(CX_ROOT)/report.md
 	@echo "[convnext] report: $(CX_ROOT)/report.md (data: $(CX_DATASET), arms: $(CX_ARMS), seeds: $(CX_SEEDS))"
 
 $(CX_RES)/%/env.json: $(CX_RES)/%/config.yaml $(CX_PREP)
-	$(PY) -m normrepro.convnext.train --config $< --out $(@D)
+	$(PY) -m normrepro.stages.train $(@D)
 
 $(CX_RES)/%/final.json: $(CX_RES)/%/env.json
-	$(PY) -m normrepro.convnext.evaluate --run $(@D)
+	$(PY) -m normrepro.stages.evaluate $(@D)
 
 # env.json listed too, so it is no intermediate file: make keeps it, and a deleted env.json
 # means "train this run again" (an intermediate one would not be remade while final.json exists).
 $(CX_RES)/summary.csv: $(CX_RES)/run-list.txt $(addsuffix /env.json,$(CX_RUNS)) $(CX_FINALS) \
 		$(CX_REPL)/paper.yaml
-	$(PY) -m normrepro.convnext.summarize --out $@ --runs $(CX_RUNS) --paper $(CX_REPL)/paper.yaml
+	$(PY) -m normrepro.stages.summarize --replication $(CX_REPL) --out $@ --runs $(CX_RUNS)
 
 $(CX_FIGS) &: $(CX_RES)/summary.csv $(CX_REPL)/paper.yaml
-	$(PY) -m normrepro.convnext.plot --summary $< --paper $(CX_REPL)/paper.yaml \
-		--out-dir $(CX_ROOT)/figures
+	$(PY) -m normrepro.stages.plot --replication $(CX_REPL) --summary $< --out-dir $(CX_ROOT)/figures
 
 # (a sweep finished after the report: the report shows it, so it is redone)
 $(CX_ROOT)/report.md: $(CX_RES)/summary.csv $(CX_FIGS) $(CX_REPL)/paper.yaml $(wildcard $(CX_RES)/sweep/summary.csv)
-	$(PY) -m normrepro.convnext.report --results $(CX_ROOT) --datasets $(CX_DATASET) \
-		--paper $(CX_REPL)/paper.yaml --out $@
+	$(PY) -m normrepro.stages.report --replication $(CX_REPL) --results $(CX_ROOT) \
+		--datasets $(CX_DATASET) --out $@
 
 _cx-bench: | $(SETUP)
-	$(PY) -m normrepro.convnext.bench --repl $(CX_REPL) --profile $(PROFILE) --arms $(CX_ARMS) \
+	$(PY) -m normrepro.tasks.image_classification.bench --repl $(CX_REPL) --profile $(PROFILE) --arms $(CX_ARMS) \
 		$(CX_SET) --out results/bench/convnext-$(PROFILE).json $(BENCH_ARGS)
 endif
 
 # ---- learning-rate sweep (make sweep-convnext) ----------------------------------------------
 # Each arm of the profile's `sweep.arms` trained once (seed `sweep.seed`) per lr of `sweep.lrs`,
 # scored on the held-out split; then each arm again at its best lr with
-# `sweep.check_epochs_factor` x the epochs. Files (normrepro.convnext.sweep documents them):
+# `sweep.check_epochs_factor` x the epochs. Files (normrepro.tasks.image_classification.sweep documents them):
 #   $(CX_RES)/sweep/<arm>/lr<lr>/{config.yaml,env.json,metrics.csv}   grid runs
 #   $(CX_RES)/sweep/grid.csv                                           the chosen lr per arm
 #   $(CX_RES)/sweep/<arm>/check/{config.yaml,env.json,metrics.csv}     longer run at the chosen lr
@@ -105,7 +104,7 @@ sweep-convnext: $(SETUP) ## per-arm lr grid on held-out data + a 1.5x-epochs che
 	@$(PLAN) convnext --goal sweep $(plan_args) -- $(MAKE) --no-print-directory _cx-sweep
 
 ifneq ($(filter _cx-sweep,$(MAKECMDGOALS)),)
-sw_get = $(shell $(PY) -m normrepro.convnext.sweep settings $(CX_REPL) --profile $(PROFILE) $(1) $(addprefix --set ,$(SET)))
+sw_get = $(shell $(PY) -m normrepro.tasks.image_classification.sweep settings $(CX_REPL) --profile $(PROFILE) $(1) $(addprefix --set ,$(SET)))
 SW_RES := $(CX_RES)/sweep
 SW_ARMS := $(if $(call cx_cli,ARMS),$(ARMS),$(call sw_get,arms))
 SW_LRS := $(call sw_get,lrs)
@@ -120,20 +119,20 @@ _cx-sweep: $(SW_RES)/summary.csv
 	@echo "[convnext] sweep: $(SW_RES)/summary.csv, $(SW_RES)/figures/sweep.png (arms: $(SW_ARMS); lrs: $(SW_LRS))"
 
 $(addsuffix /config.yaml,$(SW_RUNS)): $(SW_RES)/%/config.yaml: _cx-force | $(SETUP)
-	@$(PY) -m normrepro.convnext.sweep resolve $(CX_REPL) --profile $(PROFILE) \
+	@$(PY) -m normrepro.tasks.image_classification.sweep resolve $(CX_REPL) --profile $(PROFILE) \
 		--arm $(call sw_arm,$*) --lr $(call sw_lr,$*) $(CX_SET) --out $@
 
 $(addsuffix /config.yaml,$(SW_CHECKS)): $(SW_RES)/%/check/config.yaml: $(SW_RES)/grid.csv _cx-force
-	@$(PY) -m normrepro.convnext.sweep resolve-check $(CX_REPL) --profile $(PROFILE) --arm $* \
+	@$(PY) -m normrepro.tasks.image_classification.sweep resolve-check $(CX_REPL) --profile $(PROFILE) --arm $* \
 		--grid $< $(CX_SET) --out $@
 
 $(addsuffix /env.json,$(SW_RUNS) $(SW_CHECKS)): %/env.json: %/config.yaml $(CX_PREP)
-	$(PY) -m normrepro.convnext.train --config $< --out $(@D)
+	$(PY) -m normrepro.stages.train $(@D)
 
 $(SW_RES)/grid.csv: $(addsuffix /env.json,$(SW_RUNS))
-	$(PY) -m normrepro.convnext.sweep grid --sweep-dir $(SW_RES) --runs $(SW_RUNS)
+	$(PY) -m normrepro.tasks.image_classification.sweep grid --sweep-dir $(SW_RES) --runs $(SW_RUNS)
 
 $(SW_RES)/summary.csv: $(SW_RES)/grid.csv $(addsuffix /env.json,$(SW_CHECKS))
-	$(PY) -m normrepro.convnext.sweep finish --sweep-dir $(SW_RES) --runs $(SW_RUNS) \
+	$(PY) -m normrepro.tasks.image_classification.sweep finish --sweep-dir $(SW_RES) --runs $(SW_RUNS) \
 		--arms $(SW_ARMS)
 endif

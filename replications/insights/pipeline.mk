@@ -8,7 +8,7 @@
 #                                                                aside first)
 #       .../record.json                                train    (written last; an interrupted run
 #                                                                resumes from its checkpoint)
-#       .../final.json                                 evaluate (DDP runs: normrepro.convnext.evaluate)
+#       .../final.json                                 evaluate (DDP runs: normrepro.stages.evaluate)
 #     <stage>/args.txt                                 plan     (the stage's arguments from the
 #                                                                profile, rewritten only on change)
 #     fluctuation/fluctuation_summary.csv              1. batch vs running statistics
@@ -63,7 +63,7 @@ $(foreach r,$(INS_TXT_RUNS),$(call rec,$(r))): $(INS_RUNS)/%/record.json: $(INS_
 	$(PY) -m normrepro.insights.runs train --config $< --out $(@D) --data $(INS_TXT_DATA)
 
 $(INS_RUNS)/ddp-%/final.json: $(INS_RUNS)/ddp-%/record.json
-	$(PY) -m normrepro.convnext.evaluate --run $(@D)
+	$(PY) -m normrepro.stages.evaluate $(@D)
 
 # 1. fluctuation: the first BN layer of a ConvNeXt on images vs a Transformer on text (+ PN-V)
 $(INS_RES)/fluctuation/fluctuation_summary.csv: $(call rec,image-bn) $(call rec,text-bn) $(call rec,text-pn_v)

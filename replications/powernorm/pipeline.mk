@@ -59,11 +59,11 @@ _pn-force:
 ifneq ($(PN_DATA),)
 $(PN_DATA)/MANIFEST.json: data/processed/$(PN_NAME).$(PN_DATASET).options.yaml \
 		data/raw/$(PN_DATASET)/MANIFEST.json $(PN_RAW_FILES)
-	$(PY) -m normrepro.translation.prepare $(PN_DATASET) --raw data/raw/$(PN_DATASET) --out $(PN_DATA) --options $<
+	$(PY) -m normrepro.stages.prepare --task translation $(PN_DATASET) --raw data/raw/$(PN_DATASET) --out $(PN_DATA) --options $<
 
 $(PN_DATA)/ood-%/MANIFEST.json: data/processed/$(PN_NAME).%.options.yaml data/raw/%/MANIFEST.json \
 		$(PN_DATA)/MANIFEST.json $(PN_OOD_RAW_FILES)
-	$(PY) -m normrepro.translation.prepare $* --raw data/raw/$* --codes-from $(PN_DATA) --out $(PN_DATA)/ood-$* \
+	$(PY) -m normrepro.stages.prepare --task translation $* --raw data/raw/$* --codes-from $(PN_DATA) --out $(PN_DATA)/ood-$* \
 		--options $<
 
 .SECONDARY: $(addsuffix /MANIFEST.json,$(PN_OOD_DIRS))
@@ -87,32 +87,32 @@ _pn-replicate: $(PN_ROOT)/report.md
 	@echo "[powernorm] report: $(PN_ROOT)/report.md (data: $(PN_NAME), arms: $(PN_ARMS), seeds: $(PN_SEEDS))"
 
 $(PN_RES)/%/train.json: $(PN_RES)/%/config.yaml $(PN_DATA)/MANIFEST.json
-	$(PY) -m normrepro.translation.train $(PN_RES)/$* --data $(PN_DATA)
+	$(PY) -m normrepro.stages.train $(PN_RES)/$* --data $(PN_DATA)
 
 $(PN_RES)/%/checkpoints/averaged.pt: $(PN_RES)/%/train.json
-	$(PY) -m normrepro.translation.average $(PN_RES)/$* --last $(PN_KEEP)
+	$(PY) -m normrepro.tasks.translation.average $(PN_RES)/$* --last $(PN_KEEP)
 
 # Cheap for LayerNorm runs (no running statistics: no forward pass); forward passes only otherwise.
 $(PN_RES)/%/checkpoints/running_stats.pt: $(PN_RES)/%/checkpoints/averaged.pt
-	$(PY) -m normrepro.translation.recompute_stats $(PN_RES)/$* --data $(PN_DATA)
+	$(PY) -m normrepro.tasks.translation.recompute_stats $(PN_RES)/$* --data $(PN_DATA)
 
 $(PN_RES)/%/final.json: $(PN_RES)/%/checkpoints/running_stats.pt $(PN_RES)/%/checkpoints/averaged.pt \
 		$(addsuffix /MANIFEST.json,$(PN_OOD_DIRS))
-	$(PY) -m normrepro.translation.evaluate $(PN_RES)/$* --data $(PN_DATA) $(addprefix --ood ,$(PN_OOD_DIRS))
+	$(PY) -m normrepro.stages.evaluate $(PN_RES)/$* --data $(PN_DATA) $(addprefix --ood ,$(PN_OOD_DIRS))
 
 # The list of runs of this command (written by the plan): the summary is redone when it changes.
 # train.json listed too, so it is no intermediate file: a deleted train.json means "train this
 # run again".
 $(PN_RES)/summary.csv: $(addsuffix /train.json,$(PN_RUNS)) $(PN_FINALS) $(PN_RES)/runs.list $(PN_REPL)/paper.yaml
-	$(PY) -m normrepro.translation.summarize --out $@ --runs $(PN_RUNS) --paper $(PN_REPL)/paper.yaml
+	$(PY) -m normrepro.stages.summarize --replication $(PN_REPL) --out $@ --runs $(PN_RUNS)
 
 $(PN_FIG): $(PN_RES)/summary.csv $(PN_REPL)/paper.yaml
-	$(PY) -m normrepro.translation.plot --summary $< --paper $(PN_REPL)/paper.yaml --out-dir $(PN_ROOT)/figures
+	$(PY) -m normrepro.stages.plot --replication $(PN_REPL) --summary $< --out-dir $(PN_ROOT)/figures
 
 # The report shows the cross-check (CROSSCHECK_PROFILE's, smoke by default) and this profile's
 # bench when they exist; it never builds them.
 $(PN_ROOT)/report.md: $(PN_FIG) $(PN_RES)/summary.csv $(PN_REPL)/paper.yaml $(wildcard $(PN_CROSSCHECK) $(PN_BENCH))
-	$(PY) -m normrepro.translation.report --results $(PN_ROOT) --paper $(PN_REPL)/paper.yaml \
+	$(PY) -m normrepro.stages.report --replication $(PN_REPL) --results $(PN_ROOT) \
 		--crosscheck $(PN_CROSSCHECK) --bench $(PN_BENCH) --out $@
 
 # Cross-check (arm ln, one seed; smoke data unless CROSSCHECK_PROFILE=cpu): fairseq-train/generate vs Lightning. The
@@ -120,7 +120,7 @@ $(PN_ROOT)/report.md: $(PN_FIG) $(PN_RES)/summary.csv $(PN_REPL)/paper.yaml $(wi
 PN_CC_SET := trainer.max_updates=300 trainer.val_every_updates=50 optim.lr=5e-3 optim.warmup_updates=50 \
 	model.encoder_embed_dim=64 model.decoder_embed_dim=64 model.encoder_ffn_embed_dim=256 \
 	model.decoder_ffn_embed_dim=256 eval.max_len_b=20
-PN_CODE := $(addprefix src/normrepro/translation/,model.py module.py datamodule.py train.py evaluate.py common.py)
+PN_CODE := $(addprefix src/normrepro/tasks/translation/,model.py module.py datamodule.py train.py evaluate.py common.py)
 
 # The cross-check and bench rules exist only when they are asked for: the report lists their
 # outputs as prerequisites (to pick up new numbers), and must not rebuild them under its own
@@ -128,9 +128,9 @@ PN_CODE := $(addprefix src/normrepro/translation/,model.py module.py datamodule.
 ifneq ($(filter _pn-crosscheck,$(MAKECMDGOALS)),)
 _pn-crosscheck: $(PN_CROSSCHECK)
 
-$(PN_CROSSCHECK): $(PN_DATA)/MANIFEST.json $(PN_CODE) src/normrepro/translation/crosscheck.py \
+$(PN_CROSSCHECK): $(PN_DATA)/MANIFEST.json $(PN_CODE) src/normrepro/tasks/translation/crosscheck.py \
 		$(PN_REPL)/base.yaml $(PN_REPL)/profiles/$(PROFILE).yaml
-	$(PY) -m normrepro.translation.crosscheck --data $(PN_DATA) --repl-dir $(PN_REPL) --profile $(PROFILE) \
+	$(PY) -m normrepro.tasks.translation.crosscheck --data $(PN_DATA) --repl-dir $(PN_REPL) --profile $(PROFILE) \
 		--arm ln --seed 1 --out $@ $(addprefix --set ,$(PN_CC_SET)) $(PN_SET)
 
 endif
@@ -139,8 +139,8 @@ endif
 ifneq ($(filter _pn-bench,$(MAKECMDGOALS)),)
 _pn-bench: $(PN_BENCH)
 
-$(PN_BENCH): $(PN_DATA)/MANIFEST.json $(PN_CODE) src/normrepro/translation/bench.py \
+$(PN_BENCH): $(PN_DATA)/MANIFEST.json $(PN_CODE) src/normrepro/tasks/translation/bench.py \
 		$(PN_REPL)/base.yaml $(PN_REPL)/profiles/$(PROFILE).yaml
-	$(PY) -m normrepro.translation.bench --data $(PN_DATA) --repl-dir $(PN_REPL) --profile $(PROFILE) --out $@
+	$(PY) -m normrepro.tasks.translation.bench --data $(PN_DATA) --repl-dir $(PN_REPL) --profile $(PROFILE) --out $@
 endif
 endif

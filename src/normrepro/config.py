@@ -130,9 +130,20 @@ def arm_path(repl_dir: Path, arm: str) -> Path:
     return path
 
 
-def replication_name(repl_dir: str | Path) -> str:
-    """The schema a replication folder's configs follow: its folder name."""
-    return Path(repl_dir).resolve().name
+def schema_name(repl_dir: str | Path) -> str:
+    """The schema a replication folder's configs follow: the task its base.yaml names (`task:`),
+    or `insights` for the insights folder, whose profiles configure runs of the other two."""
+    repl_dir = Path(repl_dir)
+    base = repl_dir / "base.yaml"
+    task = (load_yaml(base) or {}).get("task") if base.is_file() else None
+    if task is None:
+        if repl_dir.resolve().name in schema.SCHEMAS:
+            return repl_dir.resolve().name
+        raise ConfigError(f"{base}: no `task:`; name the task this replication trains "
+                          f"({' | '.join(schema.TASKS)})")
+    if task not in schema.TASKS:
+        raise ConfigError(f"{base}: task {task!r} is not a task; choose from {', '.join(schema.TASKS)}")
+    return task
 
 
 def _check_arm_overrides(cfg: dict, repl_dir: Path, source: str) -> None:
@@ -143,7 +154,7 @@ def _check_arm_overrides(cfg: dict, repl_dir: Path, source: str) -> None:
         if arm not in arms:
             raise ConfigError(f"{source}: arm_overrides: unknown arm {arm!r}; "
                               f"{_did_you_mean(arm, arms)}arms: {', '.join(arms)}")
-        schema.validate(layer or {}, replication_name(repl_dir), f"{source}: arm_overrides.{arm}")
+        schema.validate(layer or {}, schema_name(repl_dir), f"{source}: arm_overrides.{arm}")
 
 
 def resolve_profile_name(profile: str) -> str:
@@ -164,7 +175,7 @@ def load_profile(repl_dir: str | Path, profile: str, overrides: list[str] = (),
                  override_source: str = "SET") -> dict:
     """base ⊕ profile ⊕ overrides, each layer checked against the schema."""
     repl_dir = Path(repl_dir)
-    name = replication_name(repl_dir)
+    name = schema_name(repl_dir)
     profile = resolve_profile_name(profile)
     prof_path = profile_path(repl_dir, profile)
     cfg = deep_merge(load_layer(repl_dir / "base.yaml", name), load_layer(prof_path, name))
@@ -183,7 +194,7 @@ def resolve(
 ) -> dict:
     """The full config of one run: base ⊕ profile ⊕ arm ⊕ arm-in-profile ⊕ overrides, plus seed."""
     repl_dir = Path(repl_dir)
-    name = replication_name(repl_dir)
+    name = schema_name(repl_dir)
     cfg = load_profile(repl_dir, profile)
     cfg = deep_merge(cfg, load_layer(arm_path(repl_dir, arm), name))
     # A profile may adjust one arm (e.g. a smaller lr for naive BN) under `arm_overrides.<arm>`.
@@ -202,10 +213,16 @@ def dump(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
-def get_key(cfg: dict, key: str) -> Any:
+_MISSING = object()
+
+
+def get_key(cfg: dict, key: str, default: Any = _MISSING) -> Any:
+    """The value at a dotted key (`optim.lr`); `default` when absent if given, else ConfigError."""
     node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
+            if default is not _MISSING:
+                return default
             raise ConfigError(f"key {key!r} not found in config")
         node = node[part]
     return node

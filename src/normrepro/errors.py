@@ -53,6 +53,8 @@ def describe_os_error(exc: OSError) -> str | None:
                 "folder you own")
     if exc.errno == errno.ENOSPC:
         return f"no space left on the device while writing {path}; free some space and rerun"
+    if isinstance(exc, FileNotFoundError) and exc.filename is None and len(exc.args) == 1:
+        return str(exc.args[0])  # raised with its own message (names the file and the fix)
     if isinstance(exc, FileNotFoundError):
         return f"{path} not found ({exc.strerror}); run the stage that makes it first (make does)"
     return None

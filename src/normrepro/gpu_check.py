@@ -7,9 +7,9 @@ One prepared command for a machine with one GPU, meant to finish in under 5 minu
 updates in the `gpu` profile's precision (bf16 autocast), model and batch size, through the
 production Lightning modules, and the JSON records:
 
-* ConvNeXt: training images/s per arm (the Lightning side of `normrepro.convnext.bench`, on
+* ConvNeXt: training images/s per arm (the Lightning side of `normrepro.tasks.image_classification.bench`, on
   synthetic uint8 images of the profile's data-set shape: no data needed) and peak GPU memory;
-* Translation: target tokens/s per arm (the Lightning side of `normrepro.translation.bench`) and
+* Translation: target tokens/s per arm (the Lightning side of `normrepro.tasks.translation.bench`) and
   peak GPU memory; Lightning vs `fairseq-train` tokens/s on the `ln` arm, same model and data
   (that module's comparison); and an MFU estimate: the FLOPs of one training step counted with
   `torch.utils.flop_counter.FlopCounterMode` (matrix products and attention, forward and
@@ -117,8 +117,8 @@ def arms_of(repl: Path) -> list[str]:
 def convnext_arms(repl: Path, profile: str, arms: list[str], warmup: int, steps: int,
                   device: torch.device) -> dict:
     from normrepro.config import resolve
-    from normrepro.convnext.bench import lightning_images_per_s, synthetic_loader
-    from normrepro.convnext.run_config import resolve_precision, uses_gpu
+    from normrepro.tasks.image_classification.bench import lightning_images_per_s, synthetic_loader
+    from normrepro.tasks.image_classification.run_config import resolve_precision, uses_gpu
 
     out = {}
     for arm in arms:
@@ -194,9 +194,9 @@ def translation_flops(cfg: dict, data_dir: Path, device: torch.device) -> dict:
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
     from normrepro.norms import eager_kernels
-    from normrepro.translation.common import model_args
-    from normrepro.translation.datamodule import datamodule_from_config
-    from normrepro.translation.module import TranslationModule
+    from normrepro.tasks.translation.common import model_args
+    from normrepro.tasks.translation.datamodule import datamodule_from_config
+    from normrepro.tasks.translation.module import TranslationModule
 
     dm = datamodule_from_config(data_dir, cfg)
     torch.manual_seed(int(cfg["seed"]))
@@ -226,7 +226,7 @@ def translation_flops(cfg: dict, data_dir: Path, device: torch.device) -> dict:
 def translation_arms(repl: Path, profile: str, arms: list[str], data_dir: Path, warmup: int,
                      steps: int, device: torch.device) -> dict:
     from normrepro.config import resolve
-    from normrepro.translation.bench import _lightning_tokens_per_s
+    from normrepro.tasks.translation.bench import _lightning_tokens_per_s
 
     out = {}
     for arm in arms:
@@ -246,7 +246,7 @@ def lightning_vs_fairseq(repl: Path, profile: str, data_dir: Path, warmup: int, 
                          lightning_tokens_per_s: float) -> dict:
     """fairseq-train's target tokens/s on the `ln` arm's model and data, next to Lightning's."""
     from normrepro.config import resolve
-    from normrepro.translation.bench import _fairseq_tokens_per_s
+    from normrepro.tasks.translation.bench import _fairseq_tokens_per_s
 
     steps = max(steps // warmup, 2) * warmup  # fairseq logs every `warmup` updates
     cfg = _bench_cfg(resolve(repl, profile, "ln", 1), warmup + steps)
@@ -298,7 +298,7 @@ def run(out: Path, profile: str, warmup: int, steps: int, convnext_arm_list: lis
 
     import lightning  # noqa: F401  (imported first: it resets the log levels quiet_logging sets)
 
-    from normrepro.translation.common import quiet_logging
+    from normrepro.tasks.translation.common import quiet_logging
 
     quiet_logging()
     started = time.perf_counter()
@@ -347,7 +347,7 @@ def run(out: Path, profile: str, warmup: int, steps: int, convnext_arm_list: lis
     wall = time.perf_counter() - started
     settings = {"profile": profile, "warmup_updates": warmup, "timed_updates": steps,
                 "convnext_images": "synthetic uint8 images of the profile's data-set shape "
-                                   "(normrepro.convnext.bench), in memory"}
+                                   "(normrepro.tasks.image_classification.bench), in memory"}
     result = assemble(device_info(device), convnext, translation, flops, crosscheck, data_info,
                       settings, wall)
     result["env"] = env_info(wall_time_s=wall)

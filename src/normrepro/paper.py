@@ -7,6 +7,7 @@ through `load_paper`, which checks the file against the schema below and fails w
 naming the file and the key (`ConfigError`, the conventions of `normrepro.schema`).
 
     paper:    title, authors, venue, arxiv, url[, code]           the citation
+    question: what the replication asks, in a line (the report's title)
     claim:    the paper's claim in words (the report's opening)
     metric:   name              summary.csv metric every claim is tested on (`test_top1`)
               label             the metric in a table or on an axis
@@ -167,6 +168,7 @@ class _IndexRow:
 @dataclass
 class _PaperFile:
     paper: _Citation
+    question: str
     claim: str
     metric: _Metric
     arms: dict[str, str]
@@ -185,7 +187,7 @@ class _PaperFile:
 GRID_COLUMNS = ("BN", "PN", "LN", "RMS", "DyT")
 REFERENCE_COLUMN = "LN"
 
-REQUIRED = {"": ("paper", "claim", "metric", "arms", "primary", "results", "claims"),
+REQUIRED = {"": ("paper", "question", "claim", "metric", "arms", "primary", "results", "claims"),
             "paper": ("title", "authors", "venue", "arxiv", "url"),
             "metric": ("name", "label", "unit", "higher_is_better"),
             "regime": ("label", "source", "arms"),

@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 from normrepro import schema
-from normrepro.config import (ConfigError, arm_path, dump, load_profile, profile_path, resolve,
+from normrepro.config import (ConfigError, arm_path, dump, load_profile, profile_path, resolve, schema_name,
                               resolve_profile_name)
 from normrepro.errors import DataError, cli
 from normrepro.io import write_if_changed
@@ -91,11 +91,11 @@ def check_seeds(seeds: list, source: str) -> list[int]:
     return out
 
 
-def check_dataset(replication: str, dataset: str) -> None:
-    layer = {"data": {"dataset": dataset}} if replication == "convnext" else {"dataset": dataset}
+def check_dataset(task: str, dataset: str) -> None:
+    layer = {"data": {"dataset": dataset}} if task == "image_classification" else {"dataset": dataset}
     if not dataset:
         raise ConfigError("DATASET is empty; give a data set name or leave it out")
-    schema.validate(layer, replication, "DATASET")
+    schema.validate(layer, task, "DATASET")
 
 
 def raw_prerequisites(raw: Path) -> list[str]:
@@ -204,16 +204,16 @@ def _set_args(overrides: list[str]) -> str:
     return " ".join(f"--set {shlex.quote(o)}" for o in overrides)
 
 
-def plan_convnext(args, overrides: list[str]) -> Plan:
-    repl = REPLICATIONS / "convnext"
+def plan_image_classification(args, overrides: list[str]) -> Plan:
+    repl = REPLICATIONS / args.replication
     profile = resolve_profile_name(args.profile)
     profile_path(repl, profile)
     if args.dataset is not None:
-        check_dataset("convnext", args.dataset)
+        check_dataset("image_classification", args.dataset)
         overrides = overrides + [f"data.dataset={args.dataset}"]
     prof = load_profile(repl, profile, overrides)
     dataset = prof["data"]["dataset"]
-    root = RESULTS / "convnext" / profile
+    root = RESULTS / args.replication / profile
     res = root / dataset
     raw = DATA / "raw" / dataset
     processed = Path(prof["data"].get("processed_root", "data/processed")) / dataset
@@ -228,15 +228,16 @@ def plan_convnext(args, overrides: list[str]) -> Plan:
                             f"{repl}/profiles/{profile}.yaml seeds")
         for arm in arms:
             for seed in seeds:
-                cfg = schema.check_run(resolve(repl, profile, arm, seed, overrides), "convnext",
+                cfg = schema.check_run(resolve(repl, profile, arm, seed, overrides),
+                                       "image_classification",
                                        f"{repl} (profile {profile}, arm {arm}, seed {seed})")
                 run = res / arm / f"seed{seed}"
-                plan.runs.append((run, cfg, schema.NOT_TRAINING["convnext"]))
+                plan.runs.append((run, cfg, schema.NOT_TRAINING["image_classification"]))
                 runs.append(str(run))
         plan.texts.append((res / "run-list.txt", "".join(r + "\n" for r in runs)))
         plan.var("CX_SEEDS", seeds)
     elif goal == "sweep":
-        from normrepro.convnext.sweep import sweep_settings
+        from normrepro.tasks.image_classification.sweep import sweep_settings
 
         sweep_settings(prof)
     if goal in ("replicate", "sweep"):
@@ -253,7 +254,7 @@ def plan_convnext(args, overrides: list[str]) -> Plan:
 
 def _pn_data(repl: Path, profile: str, prof: dict, overrides: list[str], plan: Plan) -> dict:
     """Variables and option files of the translation data of a profile (training + OOD sets)."""
-    from normrepro.translation.prepare import profile_options
+    from normrepro.tasks.translation.prepare import profile_options
 
     dataset = prof["dataset"]
     variant = prof.get("data_variant") or ""
@@ -278,15 +279,15 @@ def _pn_data(repl: Path, profile: str, prof: dict, overrides: list[str], plan: P
     return values
 
 
-def plan_powernorm(args, overrides: list[str]) -> Plan:
-    repl = REPLICATIONS / "powernorm"
+def plan_translation(args, overrides: list[str]) -> Plan:
+    repl = REPLICATIONS / args.replication
     profile = resolve_profile_name(args.profile)
     profile_path(repl, profile)
     if args.dataset is not None:
-        check_dataset("powernorm", args.dataset)
+        check_dataset("translation", args.dataset)
         overrides = overrides + [f"dataset={args.dataset}"]
     prof = load_profile(repl, profile, overrides)
-    root = RESULTS / "powernorm" / profile
+    root = RESULTS / args.replication / profile
     goal = args.goal
     plan = Plan(RESULTS / "bench" if goal == "bench" else root, f".plan-{goal}.mk")
     data = _pn_data(repl, profile, prof, overrides, plan)
@@ -302,14 +303,14 @@ def plan_powernorm(args, overrides: list[str]) -> Plan:
             for seed in seeds:
                 cfg = resolve(repl, profile, arm, seed, overrides)
                 run = res / arm / f"seed{seed}"
-                plan.runs.append((run, cfg, schema.NOT_TRAINING["powernorm"]))
+                plan.runs.append((run, cfg, schema.NOT_TRAINING["translation"]))
                 runs.append(str(run))
         plan.texts.append((res / "runs.list", "".join(r + "\n" for r in runs)))
         plan.var("PN_ARMS", arms)
         plan.var("PN_SEEDS", seeds)
         plan.jobs = int(prof.get("parallel_runs") or 1)
     elif args.arms is not None or args.seeds is not None:
-        raise ConfigError(f"the {goal} of powernorm takes no ARMS/SEEDS")
+        raise ConfigError(f"the {goal} of {args.replication} takes no ARMS/SEEDS")
     for name, value in (("PN_ROOT", root), ("PN_RES", res), ("PN_RUNS", runs),
                         ("PN_KEEP", prof["trainer"]["keep_snapshots"]),
                         ("PN_SET", _set_args(overrides))):
@@ -335,10 +336,10 @@ def plan_insights(args, overrides: list[str]) -> Plan:
     configs = {}
     for run in sorted(prof["runs"]):
         cfg = ins_runs.resolve_run(profile, run, repl, overrides)
-        if cfg["replication"] == "convnext":
-            cfg = schema.check_run(cfg, "convnext", f"{repl} run {run}")
+        if cfg["task"] == "image_classification":
+            cfg = schema.check_run(cfg, cfg["task"], f"{repl} run {run}")
         configs[run] = cfg
-        plan.runs.append((root / "runs" / run, cfg, schema.NOT_TRAINING[cfg["replication"]]))
+        plan.runs.append((root / "runs" / run, cfg, schema.NOT_TRAINING[cfg["task"]]))
     for stage in ("causal", "axes", "sync_cost", "padding"):
         plan.texts.append((root / stage / "args.txt",
                            ins_runs.stage_args(profile, stage, repl, overrides) + "\n"))
@@ -364,9 +365,15 @@ def plan_insights(args, overrides: list[str]) -> Plan:
     return plan
 
 
-PLANNERS = {"convnext": plan_convnext, "powernorm": plan_powernorm, "insights": plan_insights}
-GOALS = {"convnext": ("replicate", "sweep", "bench"),
-         "powernorm": ("replicate", "crosscheck", "bench"), "insights": ("replicate",)}
+# One planner per task (a replication's base.yaml names its task), and the insights folder's own.
+PLANNERS = {"image_classification": plan_image_classification, "translation": plan_translation,
+            "insights": plan_insights}
+GOALS = {"image_classification": ("replicate", "sweep", "bench"),
+         "translation": ("replicate", "crosscheck", "bench"), "insights": ("replicate",)}
+
+
+def replication_choices() -> list[str]:
+    return sorted(p.parent.name for p in REPLICATIONS.glob("*/base.yaml"))
 
 
 @cli
@@ -378,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, command = argv[:cut], argv[cut + 1:]
     parser = argparse.ArgumentParser(prog="python -m normrepro.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("replication", choices=sorted(PLANNERS))
+    parser.add_argument("replication", help="a folder of replications/ with a base.yaml")
     parser.add_argument("--goal", default="replicate")
     parser.add_argument("--profile", default="auto")
     parser.add_argument("--dataset", default=None, help="DATASET (only when given)")
@@ -388,9 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--what", default="", help="the command, for the lock holder's note")
     parser.add_argument("--check", action="store_true", help="check only: write and run nothing")
     args = parser.parse_args(argv)
-    if args.goal not in GOALS[args.replication]:
+    choices = replication_choices()
+    if args.replication not in choices:
+        raise ConfigError(f"no replication {args.replication!r} under {REPLICATIONS}; choose from "
+                          f"{', '.join(choices)}")
+    kind = schema_name(REPLICATIONS / args.replication)
+    if args.goal not in GOALS[kind]:
         raise ConfigError(f"goal {args.goal!r} does not exist for {args.replication}; "
-                          f"choose from {', '.join(GOALS[args.replication])}")
+                          f"choose from {', '.join(GOALS[kind])}")
     try:
         overrides = shlex.split(args.set or "")
     except ValueError as exc:
@@ -398,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"SET item {item!r} must look like key.sub=value")
-    plan = PLANNERS[args.replication](args, overrides)
+    plan = PLANNERS[kind](args, overrides)
     if args.check:
         return 0
     what = args.what or f"make {args.goal}-{args.replication}"

@@ -34,7 +34,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # DDP on CPU with channels-last BatchNorm models (normrepro.convnext.module.memory_format):
+    # DDP on CPU with channels-last BatchNorm models (normrepro.tasks.image_classification.module.memory_format):
     # torch says it "may impair performance", once per bucket and process.
     warnings.filterwarnings("ignore", message=r".*Grad strides do not match bucket view strides.*")
     for name in _LIGHTNING_LOGGERS:

@@ -1,7 +1,7 @@
 """Typed schemas of the replications' configs: every key, its type and the checks on its value.
 
 Each YAML layer (base.yaml, a profile, an arm, the command line's SET) is checked against the
-schema of its replication before it is merged, and the merged run config once more for the keys
+schema of its replication's task (base.yaml's `task`) before it is merged, and the merged run config once more for the keys
 every run needs, so that a mistake fails before anything under results/ is touched:
 
 * an unknown key fails with the closest valid key (`optim.base_lrr` → did you mean
@@ -47,7 +47,7 @@ def _choice_problem(value: str, choices: list[str], what: str) -> Optional[str]:
 
 # The registry's names and the image data sets, kept here so that checking a config imports
 # neither torch nor the data modules (a make command is checked in well under a second); tests
-# check they equal normrepro.norms' registry and normrepro.convnext.data.DATASETS. A norm added
+# check they equal normrepro.norms' registry and normrepro.tasks.image_classification.data.DATASETS. A norm added
 # at run time with `normrepro.norms.register_norm` counts once it is registered.
 IMAGE_NORM_NAMES = ("layer2d", "batch2d", "sync_batch2d", "group2d", "instance2d", "dyt2d")
 SEQUENCE_NORM_NAMES = ("layer", "batch", "batch_unmasked", "bn_official", "sync_batch",
@@ -99,7 +99,7 @@ SEQUENCE_NORM = Check(_sequence_norm)
 POSITIVE = Check(_positive)
 NON_NEGATIVE = Check(_non_negative)
 # Kept here rather than imported, so that checking a config does not import fairseq; a test
-# checks they equal normrepro.translation.prepare.DATASETS.
+# checks they equal normrepro.tasks.translation.prepare.DATASETS.
 TRANSLATION_DATASETS = ("bible-de-en", "ding-de-en", "iwslt14")
 TRANSLATION_TRAIN_DATASETS = ("bible-de-en", "iwslt14")
 
@@ -111,7 +111,7 @@ Precision = Union[int, str]
 
 
 # ---------------------------------------------------------------------------------------------
-# ConvNeXt (replications/convnext)
+# Task image_classification (replications/convnext: ConvNeXt, ViT)
 
 @dataclass
 class CxAugment:
@@ -191,14 +191,15 @@ class CxTrainer:
 
 
 @dataclass
-class ConvNeXtConfig:
+class ImageClassificationConfig:
+    task: Literal["image_classification"]
     arms: list[str]
     seeds: list[NonNegInt]
     data: CxData
     model: CxModel
     optim: CxOptim
     trainer: CxTrainer
-    sweep: dict[str, Any]          # make sweep-convnext's settings (normrepro.convnext.sweep)
+    sweep: dict[str, Any]          # make sweep-convnext's settings (normrepro.tasks.image_classification.sweep)
     sweep_role: str                # set on the sweep's own run configs
     arm_overrides: dict[str, Any]  # profile only: `<arm>: {partial config}`, checked per arm
     parallel_runs: PosInt          # runs (train/evaluate) make runs at once (the plan's -j)
@@ -214,19 +215,19 @@ class ConvNeXtConfig:
 # `report` is no config section any more (a claim's margin lives in paper.yaml); it stays listed
 # so that a run folder whose config.yaml still has one compares equal to the same run without.
 NOT_TRAINING = {
-    "convnext": ("report", "arms", "seeds", "sweep", "parallel_runs", "trainer.print_epochs",
+    "image_classification": ("task", "report", "arms", "seeds", "sweep", "parallel_runs", "trainer.print_epochs",
                  "trainer.progress_bar"),
-    "powernorm": ("eval", "report", "arms", "seeds", "ood", "prepare", "parallel_runs",
+    "translation": ("task", "eval", "report", "arms", "seeds", "ood", "prepare", "parallel_runs",
                   "trainer.progress_bar"),
 }
 
-CONVNEXT_REQUIRED = ("seed", "data.dataset", "data.batch_size", "model.variant", "model.norm",
+IMAGE_CLASSIFICATION_REQUIRED = ("seed", "data.dataset", "data.batch_size", "model.variant", "model.norm",
                      "optim.base_lr", "optim.base_batch", "optim.weight_decay",
                      "trainer.max_epochs")
 
 
 # ---------------------------------------------------------------------------------------------
-# PowerNorm translation (replications/powernorm)
+# Task translation (replications/powernorm)
 
 @dataclass
 class PnBibleSubset:
@@ -256,7 +257,7 @@ class PnPrepareIwslt:
 
 @dataclass
 class PnPrepare:
-    # One field per data set of normrepro.translation.prepare (hyphens are not identifiers).
+    # One field per data set of normrepro.tasks.translation.prepare (hyphens are not identifiers).
     bible_de_en: PnPrepareBible
     ding_de_en: PnPrepareDing
     iwslt14: PnPrepareIwslt
@@ -339,7 +340,8 @@ class PnEval:
 
 
 @dataclass
-class PowerNormConfig:
+class TranslationConfig:
+    task: Literal["translation"]
     dataset: Annotated[str, Check(_translation_dataset)]
     data_variant: Optional[str]
     ood: list[Annotated[str, Check(_translation_any_dataset)]]
@@ -361,7 +363,7 @@ class PowerNormConfig:
     insights: dict[str, Any]
 
 
-POWERNORM_REQUIRED = ("seed", "dataset", "model.arch", "model.encoder_norm", "model.decoder_norm",
+TRANSLATION_REQUIRED = ("seed", "dataset", "model.arch", "model.encoder_norm", "model.decoder_norm",
                       "data.max_tokens", "optim.lr", "optim.warmup_updates",
                       "trainer.keep_snapshots")
 
@@ -399,10 +401,13 @@ class InsightsConfig:
     profile: str
 
 
-SCHEMAS: dict[str, type] = {"convnext": ConvNeXtConfig, "powernorm": PowerNormConfig,
+SCHEMAS: dict[str, type] = {"image_classification": ImageClassificationConfig,
+                            "translation": TranslationConfig,
                             "insights": InsightsConfig}
-REQUIRED: dict[str, tuple[str, ...]] = {"convnext": CONVNEXT_REQUIRED,
-                                        "powernorm": POWERNORM_REQUIRED}
+REQUIRED: dict[str, tuple[str, ...]] = {"image_classification": IMAGE_CLASSIFICATION_REQUIRED,
+                                        "translation": TRANSLATION_REQUIRED}
+# The tasks (normrepro.tasks.<task>); a replication's base.yaml names its task.
+TASKS = ("image_classification", "translation")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,13 +583,14 @@ def _check_mapping(value, schema: type, path: str) -> dict:
     return out
 
 
-def validate(cfg: dict, replication: str, source: str) -> dict:
-    """`cfg` (a whole config or one layer of it) checked against the replication's schema.
+def validate(cfg: dict, kind: str, source: str) -> dict:
+    """`cfg` (a whole config or one layer of it) checked against the schema `kind`: a task's
+    (`TASKS`) or `insights`.
 
     Returns the config with numbers given as strings converted; raises `ConfigError` naming
-    `source` (a file, or `SET`) and the key. Replications without a schema pass unchanged.
+    `source` (a file, or `SET`) and the key. A kind without a schema passes unchanged.
     """
-    schema = SCHEMAS.get(replication)
+    schema = SCHEMAS.get(kind)
     if schema is None:
         return cfg
     return check(cfg, schema, source)
@@ -604,22 +610,22 @@ def check(data: dict, schema: type, source: str) -> dict:
                           else f"{source}: {problem.message}") from None
 
 
-def check_run(cfg: dict, replication: str, source: str) -> dict:
+def check_run(cfg: dict, kind: str, source: str) -> dict:
     """A whole run config: the schema, the keys every run needs, and what cannot be combined."""
-    cfg = validate(cfg, replication, source)
-    check_required(cfg, replication, source)
-    if replication == "convnext" and cfg["model"].get("ema"):
+    cfg = validate(cfg, kind, source)
+    check_required(cfg, kind, source)
+    if kind == "image_classification" and cfg["model"].get("ema"):
         raise ConfigError(f"{source}: model.ema is true, but weight EMA is not implemented; the "
                           "paper turned it off for the BN/LN comparison (it hurts BN models)")
     return cfg
 
 
-def check_required(cfg: dict, replication: str, source: str) -> None:
-    """Every key a run of `replication` needs is present (after all layers are merged)."""
-    for key in REQUIRED.get(replication, ()):
+def check_required(cfg: dict, kind: str, source: str) -> None:
+    """Every key a run of the task `kind` needs is present (after all layers are merged)."""
+    for key in REQUIRED.get(kind, ()):
         node: Any = cfg
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"{source}: missing {key!r}; every run of {replication} needs "
+                raise ConfigError(f"{source}: missing {key!r}; every {kind} run needs "
                                   "it (base.yaml sets it normally)")
             node = node[part]

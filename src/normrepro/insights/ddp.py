@@ -12,7 +12,7 @@ per BN layer per step (`normrepro.insights.sync_cost`). Two things are measured 
   (1/d)‖μ_k − μ‖, `var_dist` = (1/d)‖σ²_k − σ²‖, and the scale-free `mu_shift_sd` = mean over
   channels of |μ_k − μ| / σ and `var_rel_change` = mean of |σ²_k − σ²| / σ².
 * `python -m normrepro.insights.ddp --run LABEL=RUN ... --sync-cost CSV --out DIR`: per run
-  (trained by `normrepro.insights.runs`, evaluated by `normrepro.convnext.evaluate`) the test
+  (trained by `normrepro.insights.runs`, evaluated by `normrepro.tasks.image_classification.evaluate`) the test
   accuracy, the training throughput and the mean worker-vs-global deviation → `ddp.csv`, per
   layer → `ddp_layers.csv`, and the figure `ddp.png/.pdf`.
 """
@@ -184,7 +184,7 @@ def summarize_runs(runs: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             if not (run / name).is_file():
                 raise FileNotFoundError(f"{run / name} not found: train the run "
                                         "(python -m normrepro.insights.runs train) and evaluate it "
-                                        "(python -m normrepro.convnext.evaluate) first")
+                                        "(python -m normrepro.tasks.image_classification.evaluate) first")
         cfg = load_yaml(run / "config.yaml")
         final = read_json(run / "final.json")
         train = read_json(run / "env.json").get("train", {})

@@ -84,7 +84,7 @@ def compare_statistics(x: torch.Tensor, pad_mask: torch.Tensor | None, eps: floa
 
 def _batches(dataset, max_tokens: int, max_positions: int | None, n: int, seed: int):
     """`n` bucketed batches (fairseq's, shuffled) and `n` random batches of the same sizes."""
-    from normrepro.translation.datamodule import make_batches
+    from normrepro.tasks.translation.datamodule import make_batches
 
     mp = (max_positions, max_positions) if max_positions else None
     bucketed = make_batches(dataset, max_tokens, None, seed, mp, drop_too_long=True)
@@ -100,7 +100,7 @@ def _batches(dataset, max_tokens: int, max_positions: int | None, n: int, seed: 
 
 
 def _last_snapshot(run: Path) -> Path:
-    from normrepro.translation.common import snapshot_paths
+    from normrepro.tasks.translation.common import snapshot_paths
 
     snaps = snapshot_paths(run)
     if not snaps:
@@ -113,8 +113,8 @@ def _last_snapshot(run: Path) -> Path:
 def load_trained_model(run: str | Path, dictionary):
     """The translation model of a run folder with the weights of its last snapshot, eval mode."""
     from normrepro.config import load_yaml
-    from normrepro.translation.common import load_weights, model_args
-    from normrepro.translation.model import build_model
+    from normrepro.tasks.translation.common import load_weights, model_args
+    from normrepro.tasks.translation.model import build_model
 
     run = Path(run)
     cfg = load_yaml(run / "config.yaml")
@@ -127,7 +127,7 @@ def load_trained_model(run: str | Path, dictionary):
 @torch.no_grad()
 def measure_batches(model, dataset, batches: dict[str, list]) -> pd.DataFrame:
     """One row per (batch kind, batch, encoder norm): `compare_statistics` of that norm's input."""
-    from normrepro.translation.model import norm_modules
+    from normrepro.tasks.translation.model import norm_modules
 
     encoder_norms = {n: m for n, m in norm_modules(model).items() if n.startswith("encoder.")}
     captured: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
@@ -281,8 +281,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.batches < 1:
         raise SystemExit("--batches must be >= 1")
-    from normrepro.translation.common import quiet_logging
-    from normrepro.translation.datamodule import load_dictionary, load_pair_dataset
+    from normrepro.tasks.translation.common import quiet_logging
+    from normrepro.tasks.translation.datamodule import load_dictionary, load_pair_dataset
 
     quiet_logging()
     if args.threads:

@@ -103,7 +103,8 @@ def _config(results: Path, run: str) -> dict:
 def _train_cmd(results: Path, run: str) -> str:
     rec = _record(results, run)
     folder = results / "runs" / run
-    data = f"--data {rec['data']}" if rec.get("data") and rec.get("replication") == "powernorm" else ""
+    text = _config(results, run).get("task") == "translation"
+    data = f"--data {rec['data']}" if rec.get("data") and text else ""
     return _cmd("normrepro.insights.runs train", f"--config {folder}/config.yaml", f"--out {folder}",
                 data)
 
@@ -138,7 +139,7 @@ def section_fluctuation(results: Path, report_path: Path) -> tuple[str, str]:
         if not rec or not cfg:
             continue
         layers = ", ".join(cfg["insights"]["record"].get("layers") or ["all BN layers"])
-        if rec.get("replication") == "convnext":
+        if cfg.get("task") == "image_classification":
             d = cfg["data"]
             size = (f"{cfg['model']['variant']} on {d['dataset']} ({d.get('train_subset') or 'all'} "
                     f"training images, batch {d['batch_size']}, {rec.get('epochs')} epochs)")
@@ -407,7 +408,7 @@ def section_ddp(results: Path, report_path: Path) -> tuple[str, str]:
                "which is why BN is awkward to parallelise and LayerNorm, with per-token statistics, "
                "needs no communication at all.")
     cmds = [_train_cmd(results, run) for run in DDP_RUNS.values()]
-    cmds += [_cmd("normrepro.convnext.evaluate", f"--run {results}/runs/{run}") for run in DDP_RUNS.values()]
+    cmds += [_cmd("normrepro.tasks.image_classification.evaluate", f"--run {results}/runs/{run}") for run in DDP_RUNS.values()]
     cmds += [_cmd("normrepro.insights.sync_cost", f"--out {results}/sync_cost", _args(results, "sync_cost")),
              _cmd("normrepro.insights.ddp",
                   *[f'--run "{label}={results}/runs/{run}"' for label, run in DDP_RUNS.items()],

@@ -41,6 +41,7 @@ from pathlib import Path
 from normrepro.config import ConfigError, dump, load_profile, load_yaml, resolve
 from normrepro.errors import UserError, cli
 from normrepro.io import atomic_write_json, read_json, write_if_changed
+from normrepro.runtime import launch_rank
 
 REPL_DIR = Path("replications/insights")
 REPLICATIONS = ("convnext", "powernorm")
@@ -84,19 +85,10 @@ def resolve_run(profile: str, run: str, repl_dir: str | Path = REPL_DIR,
 
 
 def data_dir(cfg: dict) -> Path:
-    """Where the run's prepared data lives, as the replication's pipeline prepares it."""
-    if cfg["replication"] == "convnext":
-        return Path(cfg["data"].get("processed_root", "data/processed")) / cfg["data"]["dataset"]
-    variant = cfg.get("data_variant") or ""
-    return Path("data/processed") / (cfg["dataset"] + (f"-{variant}" if variant else ""))
+    """Where the run's prepared data lives, as its task's pipeline prepares it."""
+    from normrepro.stages._task import task_package
 
-
-def _launch_rank() -> int:
-    """Global rank of this process when Lightning (or a launcher) started it as a DDP worker."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+    return task_package(cfg["task"]).data_dir(cfg)
 
 
 def _callback(cfg: dict, out: Path):
@@ -119,7 +111,7 @@ def _record_csv(cfg: dict, out: Path) -> Path:
 def _train_image(cfg: dict, out: Path) -> dict:
     import torch
 
-    from normrepro.convnext.train import train
+    from normrepro.tasks.image_classification.train import train
 
     devices = cfg["trainer"].get("devices", 1)
     world = int(devices) if str(devices).isdigit() else 1
@@ -142,31 +134,19 @@ def _train_image(cfg: dict, out: Path) -> dict:
 
 def _train_text(cfg: dict, out: Path, data: Path) -> dict:
     from normrepro.provenance import write_env_json
-    from normrepro.rundir import stamp_text, sync_stamp
-    from normrepro.translation.common import quiet_logging, run_paths, set_threads, verified_data
-    from normrepro.translation.train import NOT_TRAINING, PARTIAL, build
+    from normrepro.tasks.translation.common import quiet_logging
+    from normrepro.tasks.translation.train import train
 
     quiet_logging()
-    set_threads(cfg["trainer"].get("threads"))
-    paths = run_paths(out)
-    # Resume only what was trained with this very config and data; otherwise start over.
-    _, fingerprint = verified_data(data)
-    state = sync_stamp(out, stamp_text(cfg, NOT_TRAINING, fingerprint), finished=("record.json",),
-                       partial=PARTIAL + (_record_csv(cfg, out).name, "env.json"))
-    if state == "done":
-        return {**read_json(out / "env.json")["train"], "up_to_date": True}
-    started = time.time()
-    trainer, module, dm, recorder = build(cfg, data, out)
-    trainer.callbacks.append(_callback(cfg, out))
-    ckpt = paths["last"] if paths["last"].is_file() else None
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
-    rows = recorder.rows
-    summary = {"status": "diverged" if module.diverged else "ok", "steps": int(trainer.global_step),
-               "epochs": None, "world_size": trainer.world_size,
-               "train_time_s": round(time.time() - started, 1),
-               "last_val_loss": float(rows[-1]["val_loss"]) if rows else None,
-               "resumed": ckpt is not None}
-    if trainer.is_global_zero:
+    # The task's train owns skip/resume/restart; the recorder's CSV belongs to the training.
+    rec = train(cfg, out, data, callbacks=[_callback(cfg, out)],
+                partial=(_record_csv(cfg, out).name, "env.json", "record.json"))
+    summary = {"status": rec["status"], "steps": rec["updates"], "epochs": None,
+               "world_size": rec["world_size"], "train_time_s": rec["wall_time_s"],
+               "last_val_loss": rec["last_val_loss"], "resumed": rec["resumed"]}
+    if rec.get("up_to_date"):
+        return {**summary, "up_to_date": True}
+    if launch_rank() == 0:
         write_env_json(out / "env.json", wall_time_s=summary["train_time_s"], train=summary,
                        run={"dataset": cfg["dataset"], "arm": cfg.get("arm"), "seed": cfg["seed"],
                             "encoder_norm": cfg["model"]["encoder_norm"]})
@@ -183,7 +163,7 @@ def train_run(config: str | Path, out: str | Path, data: str | Path | None = Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = Path(data) if data else data_dir(cfg)
-    if cfg["replication"] == "convnext":
+    if cfg["task"] == "image_classification":
         summary = _train_image(cfg, out)
     else:
         summary = _train_text(cfg, out, data)
@@ -191,7 +171,7 @@ def train_run(config: str | Path, out: str | Path, data: str | Path | None = Non
     record = {"run": cfg["insights"]["run"], "replication": cfg["replication"], "arm": cfg.get("arm"),
               "seed": cfg["seed"], "data": str(data), "record_csv": csv.name,
               "wall_time_s": round(time.time() - started, 1), **summary}
-    if _launch_rank() == 0:
+    if launch_rank() == 0:
         if not csv.is_file():
             raise UserError(f"training of {out} finished but recorded nothing into {csv}; "
                             "check insights.record.layers and every_n_steps")
@@ -243,14 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "data":
         cfg = resolve_run(args.profile, args.run, args.repl_dir)
         if args.name:
-            print(cfg["data"]["dataset"] if cfg["replication"] == "convnext" else cfg["dataset"])
+            print(cfg["data"]["dataset"] if cfg["task"] == "image_classification" else cfg["dataset"])
         else:
             print(data_dir(cfg))
     elif args.cmd == "args":
         write_if_changed(args.out, stage_args(args.profile, args.stage, args.repl_dir) + "\n")
     else:
         record = train_run(args.config, args.out, args.data)
-        if _launch_rank() == 0:
+        if launch_rank() == 0:
             print(f"[insights] {args.out}: {record['status']}, recorded into "
                   f"{record['record_csv']} ({record['wall_time_s']:.0f} s)", flush=True)
     return 0

@@ -52,7 +52,7 @@ __all__ = ["DyT", "DyT2d"]
 # fitted in float64 by linearised least squares with Lawson's reweighting); beyond 9.1 float32's
 # tanh is ±1. Evaluated in float32, as written below, it is within 6.1 ulp of tanh for every
 # float32 input (97 % of them within 1 ulp; checked once over all of them, and on a sample in
-# tests/test_dyt.py, with its other properties). It only multiplies, adds, divides and clamps:
+# tests/norms/test_dyt.py, with its other properties). It only multiplies, adds, divides and clamps:
 # inductor's vector loop runs it at about the cost of a copy, eager and compiled code give the
 # same bits, and near 0 it is z·(1 + O(z²)), without the cancellation of 2·sigmoid(2z) − 1.
 _TANH_P = (0.13377500838946021, 0.0034912916339784267, 2.0534109775260937e-05,

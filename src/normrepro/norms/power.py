@@ -25,7 +25,7 @@ PowerNorm (`power`) follows the official implementation (sIncerass/powernorm,
 
 The paper's ν_t in Algorithm 2 is (1−α_bkw)·ema_gz: the official update
 ema_gz ← ema_gz + mean(approx·z) equals ν_t = ν_{t−1}(1 − (1−α)Γ) + (1−α)Λ with Γ = mean(z²) and
-Λ = mean(g·z); `tests/test_norms.py` checks this step by step.
+Λ = mean(g·z); `tests/norms/test_norms.py` checks this step by step.
 
 `power` runs as fused kernels (see `normrepro.norms.kernels`); `power_vanilla` is plain autograd
 and records its batch statistic like the BN family (see "Batch-statistic recording" in

@@ -1,0 +1,31 @@
+"""Tasks: what is trained and how, independent of any paper.
+
+`image_classification` (ConvNeXt and ViT on image folders/arrays) and `translation` (a fairseq
+Transformer trained with Lightning). Each holds its model, Lightning module, data module and the
+task-specific halves of the stages (`normrepro.stages` dispatches on a run config's task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What differs between tasks in the shared stages.
+
+    summary_metrics: run folders -> the final.json keys summarized (the paper's metric first).
+    curve_x, curve_columns, curve_labels: the learning-curve figure (metrics.csv columns; a
+        column no run has a finite value of is left out).
+    figures: figure stems per kind, `curves`, `final`, `ours-vs-paper` (prefixed with the data
+        folder's name).
+    report_extras: optional inputs the task's report reads (e.g. `bench`, `crosscheck`).
+    """
+    summary_metrics: Callable[[list[Path]], list[str]]
+    curve_x: str
+    curve_columns: tuple[str, ...]
+    curve_labels: dict[str, str]
+    figures: dict[str, str]
+    report_extras: tuple[str, ...] = field(default_factory=tuple)

@@ -1,0 +1,28 @@
+"""Task `image_classification`: a timm ConvNeXt or ViT with any norm of the registry, trained
+with Lightning on an image data set (Fashion-MNIST, CIFAR, Imagenette, ImageNet).
+
+`data`/`datamodule` read the prepared images, `model`/`vit` build the networks, `module` is the
+Lightning module; `prepare`, `train`, `evaluate` and `report` are this task's halves of the
+stages of the same name (`normrepro.stages`); `sweep` and `bench` are its learning-rate sweep
+and speed benchmark. The ConvNeXt replication (`replications/convnext/`) uses it.
+"""
+
+from pathlib import Path
+
+from normrepro.tasks import TaskSpec
+
+METRICS = ("test_top1", "test_top5")  # keys of final.json (normrepro.tasks.image_classification.evaluate)
+
+def data_dir(cfg: dict) -> Path:
+    """The processed data folder a run config reads (`prepare` writes it)."""
+    return Path(cfg["data"].get("processed_root") or "data/processed") / cfg["data"]["dataset"]
+
+
+SPEC = TaskSpec(
+    summary_metrics=lambda run_dirs: list(METRICS),
+    curve_x="epoch",
+    curve_columns=("train_loss", "val_top1"),
+    curve_labels={"epoch": "epoch", "train_loss": "training loss (label-smoothed CE)",
+                  "val_top1": "held-out top-1 (%)", "val_loss": "held-out loss"},
+    figures={"curves": "learning-curves", "final": "final-top1", "ours-vs-paper": "ours-vs-paper"},
+)

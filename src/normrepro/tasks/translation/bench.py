@@ -1,0 +1,148 @@
+"""Training throughput: the Lightning module vs `fairseq-train`, same model, data and batches.
+
+    python -m normrepro.tasks.translation.bench --data data/processed/bible-de-en \\
+        --repl-dir replications/powernorm --profile cpu --out results/bench/powernorm.json
+
+Both train the profile's `ln` model on the profile's data for `--warmup` + `--updates` updates
+with validation off, each in its own process, and report target tokens per second over the timed
+updates only (start-up, data loading of the first batches and lazy compilation excluded):
+
+* Lightning: a callback timestamps the start of update `warmup` and the end of the last one and
+  sums the timed batches' target tokens;
+* fairseq: `--log-interval warmup`, the mean of the `wps` (target tokens/s) of the log lines after
+  the first (each covers `warmup` updates of wall time, data loading included).
+
+On a GPU both use bf16 (Lightning `bf16-mixed`, fairseq `--bf16`); on CPU fp32 with the same
+thread count (`trainer.threads`; fairseq gets it as OMP_NUM_THREADS). The ratio is Lightning /
+fairseq; the issue's target is ≥ 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from normrepro.errors import cli
+from normrepro.io import atomic_write_json
+from normrepro.tasks.translation.common import quiet_logging
+
+
+def _lightning_tokens_per_s(cfg: dict, data_dir: Path, warmup: int) -> float:
+    import lightning as L
+
+    from normrepro.tasks.translation.train import build
+
+    class Timer(L.Callback):
+        def __init__(self):
+            self.t0 = self.t1 = None
+            self.tokens = 0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == warmup and self.t0 is None:
+                if trainer.strategy.root_device.type == "cuda":
+                    import torch
+
+                    torch.cuda.synchronize()
+                self.t0 = time.perf_counter()
+            if self.t0 is not None:
+                self.tokens += int(batch["ntokens"])
+
+        def on_train_end(self, trainer, pl_module):
+            if trainer.strategy.root_device.type == "cuda":
+                import torch
+
+                torch.cuda.synchronize()
+            self.t1 = time.perf_counter()
+
+    from normrepro.tasks.translation.common import set_threads
+
+    set_threads(cfg["trainer"].get("threads"))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp)
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        trainer, module, dm, _ = build(cfg, data_dir, run, record=False)
+        timer = Timer()
+        trainer.callbacks.append(timer)
+        trainer.fit(module, datamodule=dm)
+    return timer.tokens / (timer.t1 - timer.t0)
+
+
+def _fairseq_tokens_per_s(cfg: dict, data_dir: Path, warmup: int, total: int) -> float:
+    import torch
+
+    from normrepro.tasks.translation.crosscheck import fairseq_bin, fairseq_env, fairseq_train_args
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = fairseq_bin("train") + fairseq_train_args(cfg, data_dir, Path(tmp) / "ckpt") + [
+            "--max-update", str(total), "--disable-validation", "--no-save", "--log-interval", str(warmup)]
+        if torch.cuda.is_available():
+            cmd.append("--bf16")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(cfg["trainer"].get("threads")))
+    if proc.returncode != 0:
+        raise RuntimeError(f"fairseq-train failed:\n{proc.stderr[-3000:]}")
+    wps = []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        m = re.search(r"\| train_inner \| (\{.*\})\s*$", line)
+        if m:
+            wps.append(float(json.loads(m.group(1))["wps"]))
+    if len(wps) < 2:
+        raise RuntimeError(f"fairseq-train logged {len(wps)} train_inner lines; need ≥ 2")
+    return sum(wps[1:]) / len(wps[1:])
+
+
+def bench(data_dir: Path, repl_dir: Path, profile: str, out: Path, warmup: int, updates: int) -> dict:
+    import torch
+
+    from normrepro.config import resolve
+    from normrepro.provenance import hardware_info, hardware_summary
+
+    if updates % warmup:
+        raise ValueError("--updates must be a multiple of --warmup (fairseq logs every --warmup updates)")
+    cfg = resolve(repl_dir, profile, "ln", 1)
+    total = warmup + updates
+    cfg["trainer"].update(max_updates=total, val_every_updates=None, early_stop_patience=0,
+                          resume_every_updates=None, max_epochs=10_000)
+    cfg["val_bleu"] = {"sentences": 0}
+    light = _lightning_tokens_per_s(cfg, data_dir, warmup)
+    fair = _fairseq_tokens_per_s(cfg, data_dir, warmup, total)
+    hw = hardware_info()
+    result = {"device": hardware_summary(hw), "profile": profile, "data": str(data_dir),
+              "model": {k: cfg["model"][k] for k in ("arch", "encoder_layers", "decoder_layers", "encoder_embed_dim",
+                                                     "encoder_ffn_embed_dim", "encoder_attention_heads")},
+              "max_tokens": cfg["data"]["max_tokens"], "warmup_updates": warmup, "updates": updates,
+              "precision": "bf16" if torch.cuda.is_available() else "fp32",
+              "threads": cfg["trainer"].get("threads"),
+              "lightning_tokens_per_s": light, "fairseq_tokens_per_s": fair, "ratio": light / fair,
+              "target_ratio": 1.0}
+    atomic_write_json(out, result)
+    return result
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m normrepro.tasks.translation.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--repl-dir", type=Path, default=Path("replications/powernorm"))
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed updates first (and fairseq's log interval)")
+    parser.add_argument("--updates", type=int, default=40, help="timed updates (a multiple of --warmup)")
+    parser.add_argument("--out", type=Path, default=Path("results/bench/powernorm.json"))
+    args = parser.parse_args(argv)
+    quiet_logging()
+    result = bench(args.data, args.repl_dir, args.profile, args.out, args.warmup, args.updates)
+    print(json.dumps({k: result[k] for k in ("device", "lightning_tokens_per_s", "fairseq_tokens_per_s", "ratio")}))
+    return 0 if math.isfinite(result["ratio"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
