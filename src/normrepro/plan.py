@@ -29,6 +29,7 @@ Results of different profiles never share a folder: `results/<replication>/<prof
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shlex
 import sys
@@ -397,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     choices = replication_choices()
     if args.replication not in choices:
-        raise ConfigError(f"no replication {args.replication!r} under {REPLICATIONS}; choose from "
-                          f"{', '.join(choices)}")
+        close = difflib.get_close_matches(args.replication, choices, n=1)
+        raise ConfigError(f"no replication {args.replication!r} under {REPLICATIONS}; "
+                          + (f"did you mean {close[0]!r}? " if close else "")
+                          + f"choose from {', '.join(choices)}")
     kind = schema_name(REPLICATIONS / args.replication)
     if args.goal not in GOALS[kind]:
         raise ConfigError(f"goal {args.goal!r} does not exist for {args.replication}; "

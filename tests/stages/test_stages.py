@@ -72,3 +72,13 @@ def test_image_classification_rejects_options_it_does_not_have(tmp_path, capsys)
     assert "is not the data of" in capsys.readouterr().err
     with pytest.raises(UserError, match="reads no --crosscheck"):
         st_report.report(REPLS / "convnext", tmp_path, crosscheck=tmp_path / "c.json")
+
+
+def test_plan_names_the_closest_replication(capsys, monkeypatch):
+    from normrepro import plan
+
+    monkeypatch.chdir(ROOT)  # the plan reads replications/ from the repository root
+    assert plan.main(["convnxt", "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: no replication 'convnxt' under replications; did you mean 'convnext'? "
+                   "choose from convnext, insights, powernorm"]
