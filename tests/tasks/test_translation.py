@@ -480,7 +480,7 @@ def test_prepare_iwslt14_end_to_end(tmp_path):
         for k, name in enumerate(prepare.IWSLT_TEST_SETS):
             segs = "".join(f'<seg id="{i}"> {lines[k * 2 + i]} </seg>\n' for i in range(2))
             (folder / f"{name}.de-en.{lang}.xml").write_text(f"<doc>\n{segs}</doc>\n", encoding="utf-8")
-    from normrepro.fetch import write_manifest
+    from normrepro.sources.common import write_manifest
 
     write_manifest(tmp_path / "raw", "iwslt14", sorted(folder.iterdir()), source="tests", license="none")
     out = tmp_path / "iwslt14"
