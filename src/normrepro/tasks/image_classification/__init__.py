@@ -9,6 +9,7 @@ and speed benchmark. The ConvNeXt replication (`replications/convnext/`) uses it
 
 from pathlib import Path
 
+from normrepro.errors import UserError
 from normrepro.tasks import TaskSpec
 
 METRICS = ("test_top1", "test_top5")  # keys of final.json (normrepro.tasks.image_classification.evaluate)
@@ -16,6 +17,15 @@ METRICS = ("test_top1", "test_top5")  # keys of final.json (normrepro.tasks.imag
 def data_dir(cfg: dict) -> Path:
     """The processed data folder a run config reads (`prepare` writes it)."""
     return Path(cfg["data"].get("processed_root") or "data/processed") / cfg["data"]["dataset"]
+
+
+def check_data_arg(cfg: dict, run_dir: Path, data: Path | None) -> None:
+    """A stage's `--data`, when given, must be the folder the run config names (the config is
+    what training and evaluation read)."""
+    expected = data_dir(cfg)
+    if data is not None and Path(data).resolve() != expected.resolve():
+        raise UserError(f"--data {data} is not the data of {run_dir}/config.yaml ({expected}); "
+                        "leave --data out, or change data.dataset / data.processed_root")
 
 
 SPEC = TaskSpec(

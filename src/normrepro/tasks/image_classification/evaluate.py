@@ -34,7 +34,7 @@ from normrepro.tasks.image_classification.model import accuracy_counts, build_mo
 from normrepro.tasks.image_classification.run_config import load_run_config, uses_gpu
 from normrepro.errors import CheckpointError, DataError, UserError
 from normrepro.io import atomic_write_json, read_json
-from normrepro.tasks.image_classification import data_dir
+from normrepro.tasks.image_classification import check_data_arg
 from normrepro.rundir import STAMP, checkpoint_problem, parse_stamp
 
 
@@ -136,10 +136,7 @@ def run_stage(run_dir: Path, data: Path | None = None, ood: list[Path] = (),
     if ood:
         raise UserError("image classification has no out-of-domain test sets; leave --ood out")
     if data is not None:
-        expected = data_dir(load_run_config(Path(run_dir) / "config.yaml"))
-        if Path(data).resolve() != expected.resolve():
-            raise UserError(f"--data {data} is not the data of {run_dir}/config.yaml ({expected}); "
-                            "leave --data out")
+        check_data_arg(load_run_config(Path(run_dir) / "config.yaml"), run_dir, data)
     final = evaluate(run_dir)
     if final["status"] == "ok":
         print(f"[evaluate] {run_dir}: top-1 {final['test_top1']:.2f}  top-5 "

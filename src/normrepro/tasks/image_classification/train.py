@@ -36,8 +36,7 @@ from normrepro.tasks.image_classification.datamodule import ConvNeXtDataModule
 from normrepro.tasks.image_classification.model import count_parameters
 from normrepro.tasks.image_classification.module import ConvNeXtClassifier, effective_batch, scaled_lr
 from normrepro.tasks.image_classification.run_config import check_config, load_run_config, resolve_precision, uses_gpu
-from normrepro.errors import UserError
-from normrepro.tasks.image_classification import data_dir
+from normrepro.tasks.image_classification import check_data_arg
 from normrepro.io import atomic_write_json, read_json
 from normrepro.progress import quiet_libraries, training_progress
 from normrepro.provenance import write_env_json
@@ -166,10 +165,7 @@ def run_stage(run_dir: Path, data: Path | None = None, process_start: float | No
     """The `train` stage for one run folder (its config.yaml); `data`, when given, must be the
     processed folder the config names."""
     cfg = load_run_config(run_dir / "config.yaml")
-    expected = data_dir(cfg)
-    if data is not None and Path(data).resolve() != expected.resolve():
-        raise UserError(f"--data {data} is not the data of {run_dir}/config.yaml ({expected}); "
-                        "leave --data out, or change data.dataset / data.processed_root")
+    check_data_arg(cfg, run_dir, data)
     record = train(cfg, run_dir)
     if not record.get("up_to_date"):
         print(f"[train] {run_dir}: {record['status']}, {record['epochs_completed']} epochs, "
