@@ -34,7 +34,9 @@ PYTHON_FOR_VENV ?= $(shell for p in python3.11 python3.12 python3; do \
 .PHONY: help setup test report bench-norms gpu-check clean-results
 
 help: ## list the public targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
+	@{ grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST); \
+	  $(foreach r,$(TASK_REPLICATIONS),echo "replicate-$(r): ## replications/$(r) ($(call task_of,$(r))), fetch to report (PROFILE DATASET ARMS SEEDS SET)"; \
+	    $(foreach g,$(TASK_GOALS_$(call task_of,$(r))),echo "$(g)-$(r): ## replications/$(r): $(TASK_GOAL_HELP_$(g))";)) } | sort | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-24s\033[0m %s\n", $$1, $$2}'
 	@echo "  variables: PROFILE=smoke|cpu|gpu|paper|auto (default auto), DATASET=..., ARMS=..., SEEDS=...,"
 	@echo "             SET=\"key=value ...\" (config overrides); results go to results/<replication>/<profile>/"
@@ -76,12 +78,16 @@ data/raw/%/MANIFEST.json: | $(SETUP)
 	$(PY) -m normrepro.fetch $* --out $(@D)
 .PRECIOUS: data/raw/%/MANIFEST.json
 
-# The variables of the command being run (written by normrepro.plan), then each replication's
-# pipeline, which lives next to its configs.
+# The variables of the command being run (written by normrepro.plan); then the rules of each
+# task (data, per-run stages, the task's own goals), the pipeline shared by every replication
+# built on a task (replicate-<name>, ...), and the pipelines a replication folder brings itself
+# (insights).
 ifdef PLAN_FILE
 include $(PLAN_FILE)
 # Library deprecation warnings are noise in a pipeline's log (some fire at import, before a
 # stage can filter them); the stages silence the rest (normrepro.progress.quiet_libraries).
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning
 endif
+include mk/tasks/image_classification.mk mk/tasks/translation.mk
+include mk/replication.mk
 -include replications/*/pipeline.mk

@@ -1,7 +1,7 @@
 # Insights pipeline (issue 5), included by the top-level Makefile. Every stage is a file:
 #
-#   data/processed/fashion-mnist/prepared.json         the ConvNeXt pipeline's prepare rule
-#   data/processed/<bible data>/MANIFEST.json          the PowerNorm pipeline's prepare rule
+#   data/processed/fashion-mnist/prepared.json         the image task's prepare rule
+#   data/processed/<bible data>/MANIFEST.json          the translation task's prepare rule
 #   results/insights/<profile>/                        everything one profile writes, nothing else:
 #     runs/<run>/config.yaml                           plan     (normrepro.plan; rewritten only when
 #                                                                it changes, a changed run moved
@@ -26,7 +26,7 @@
 # SET (overrides of the insights profile) and every run config, stops at the first problem with
 # one line, then locks results/insights/<profile>/, writes the run configs and stage arguments and
 # calls the private _ins-* goal with the command's variables (INS_*, and the data of the runs as
-# CX_*/PN_* variables, which switch on the two replications' data rules).
+# IC_*/TR_* variables, which switch on the two tasks' data rules in mk/tasks/).
 
 INS_REPL := replications/insights
 
@@ -53,8 +53,8 @@ rec = $(INS_RUNS)/$(1)/record.json
 _ins-replicate: $(INS_RES)/report.md
 	@echo "[insights] report: $(INS_RES)/report.md (profile $(PROFILE))"
 
-# Data: made by the replications' own rules (data/processed/...: prepared.json, MANIFEST.json),
-# which the plan's CX_*/PN_* variables switch on.
+# Data: made by the tasks' rules (mk/tasks/*.mk: prepared.json, MANIFEST.json),
+# which the plan's IC_*/TR_* variables switch on.
 
 $(foreach r,$(INS_IMG_RUNS),$(call rec,$(r))): $(INS_RUNS)/%/record.json: $(INS_RUNS)/%/config.yaml $(INS_IMG_DATA)/prepared.json
 	$(PY) -m normrepro.insights.runs train --config $< --out $(@D)

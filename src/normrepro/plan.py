@@ -1,8 +1,8 @@
 """Check a whole pipeline command first, then lock its results folder and hand over to make.
 
-    python -m normrepro.plan convnext|powernorm|insights --goal replicate|sweep|bench|crosscheck \\
+    python -m normrepro.plan <replication> --goal replicate|sweep|bench|crosscheck \\
         --profile P [--dataset D] [--arms "A B"] [--seeds "0 1"] [--set "key=value ..."] \\
-        --what "make replicate-convnext ..." -- make _cx-replicate
+        --what "make replicate-convnext ..." -- make _replicate
 
 Every public make target of a pipeline runs this first. In order:
 
@@ -18,9 +18,10 @@ Every public make target of a pipeline runs this first. In order:
    changed is moved aside to `seed<k>.replaced-<time>/` first (`normrepro.rundir`), with one line
    saying so. Also the run list, the prepare options of the translation data, the stage arguments
    of the insights pipeline, and the plan itself: `.plan-<goal>.mk` in the locked folder, the make
-   variables of this command (run folders, data paths, raw files).
+   variables of this command (run folders, data paths, raw files): `R_*` for the shared rules
+   of mk/replication.mk, `IC_*`/`TR_*` for the data rules of mk/tasks/<task>.mk.
 4. Become the make command given after `--` (exec), with `PLAN_FILE=<plan> PROFILE=<profile>`
-   (and `-jN` for the translation runs); the locked file descriptor is inherited by make and
+   (and `-jN` where the profile sets `parallel_runs`); the locked file descriptor is inherited by make and
    everything it starts, so the lock lasts as long as any of them runs.
 
 Results of different profiles never share a folder: `results/<replication>/<profile>/...`.
@@ -93,7 +94,7 @@ def check_seeds(seeds: list, source: str) -> list[int]:
 
 
 def check_dataset(task: str, dataset: str) -> None:
-    layer = {"data": {"dataset": dataset}} if task == "image_classification" else {"dataset": dataset}
+    layer = {"data": {"dataset": dataset}}
     if not dataset:
         raise ConfigError("DATASET is empty; give a data set name or leave it out")
     schema.validate(layer, task, "DATASET")
@@ -205,6 +206,20 @@ def _set_args(overrides: list[str]) -> str:
     return " ".join(f"--set {shlex.quote(o)}" for o in overrides)
 
 
+def _result_vars(plan: Plan, name: str, task: str, root: Path, res: Path, data_name: str,
+                 runs: list[str], arms: list[str], overrides: list[str]) -> None:
+    """The make variables of mk/replication.mk: where one replication's profile writes."""
+    from normrepro.stages.plot import figure_paths
+    from normrepro.stages._task import spec
+
+    fig = figure_paths(spec(task), root / "figures", data_name)["final"]
+    for key, value in (("R_NAME", name), ("R_REPL", REPLICATIONS / name), ("R_TASK", task),
+                       ("R_ROOT", root), ("R_RES", res), ("R_DATA_NAME", data_name),
+                       ("R_RUNS", runs), ("R_ARMS", arms), ("R_DONE", spec(task).done_marker),
+                       ("R_FIG", f"{fig}.png"), ("R_SET", _set_args(overrides))):
+        plan.var(key, value)
+
+
 def plan_image_classification(args, overrides: list[str]) -> Plan:
     repl = REPLICATIONS / args.replication
     profile = resolve_profile_name(args.profile)
@@ -235,8 +250,8 @@ def plan_image_classification(args, overrides: list[str]) -> Plan:
                 run = res / arm / f"seed{seed}"
                 plan.runs.append((run, cfg, schema.NOT_TRAINING["image_classification"]))
                 runs.append(str(run))
-        plan.texts.append((res / "run-list.txt", "".join(r + "\n" for r in runs)))
-        plan.var("CX_SEEDS", seeds)
+        plan.texts.append((res / "runs.list", "".join(r + "\n" for r in runs)))
+        plan.var("R_SEEDS", seeds)
     elif goal == "sweep":
         from normrepro.tasks.image_classification.sweep import sweep_settings
 
@@ -245,10 +260,10 @@ def plan_image_classification(args, overrides: list[str]) -> Plan:
         plan.jobs = int(prof.get("parallel_runs") or 1)
     raw_files = raw_prerequisites(raw)
     plan.stale.append((processed / "prepared.json", str(processed)))
-    for name, value in (("CX_DATASET", dataset), ("CX_ARMS", arms), ("CX_ROOT", root),
-                        ("CX_RES", res), ("CX_RUNS", runs), ("CX_RAW", raw / "MANIFEST.json"),
-                        ("CX_RAW_FILES", raw_files), ("CX_PREP", processed / "prepared.json"),
-                        ("CX_SET", _set_args(overrides))):
+    _result_vars(plan, args.replication, "image_classification", root, res, dataset, runs, arms,
+                 overrides)
+    for name, value in (("IC_DATASET", dataset), ("IC_RAW", raw / "MANIFEST.json"),
+                        ("IC_RAW_FILES", raw_files), ("IC_PREP", processed / "prepared.json")):
         plan.var(name, value)
     return plan
 
@@ -257,8 +272,8 @@ def _pn_data(repl: Path, profile: str, prof: dict, overrides: list[str], plan: P
     """Variables and option files of the translation data of a profile (training + OOD sets)."""
     from normrepro.tasks.translation.prepare import profile_options
 
-    dataset = prof["dataset"]
-    variant = prof.get("data_variant") or ""
+    dataset = prof["data"]["dataset"]
+    variant = prof["data"].get("variant") or ""
     name = dataset + (f"-{variant}" if variant else "")
     data = DATA / "processed" / name
     ood = list(prof.get("ood") or [])
@@ -271,10 +286,10 @@ def _pn_data(repl: Path, profile: str, prof: dict, overrides: list[str], plan: P
     plan.stale.append((data / "MANIFEST.json", str(data)))
     for ds in ood:
         plan.stale.append((data / f"ood-{ds}" / "MANIFEST.json", str(data / f"ood-{ds}")))
-    values = {"PN_DATASET": dataset, "PN_NAME": name, "PN_DATA": data, "PN_OOD": ood,
-              "PN_OOD_DIRS": [data / f"ood-{ds}" for ds in ood],
-              "PN_RAW_FILES": raw_prerequisites(DATA / "raw" / dataset),
-              "PN_OOD_RAW_FILES": [f for ds in ood for f in raw_prerequisites(DATA / "raw" / ds)]}
+    values = {"TR_DATASET": dataset, "TR_NAME": name, "TR_DATA": data, "TR_OOD": ood,
+              "TR_OOD_DIRS": [data / f"ood-{ds}" for ds in ood],
+              "TR_RAW_FILES": raw_prerequisites(DATA / "raw" / dataset),
+              "TR_OOD_RAW_FILES": [f for ds in ood for f in raw_prerequisites(DATA / "raw" / ds)]}
     for k, v in values.items():
         plan.var(k, v)
     return values
@@ -286,14 +301,15 @@ def plan_translation(args, overrides: list[str]) -> Plan:
     profile_path(repl, profile)
     if args.dataset is not None:
         check_dataset("translation", args.dataset)
-        overrides = overrides + [f"dataset={args.dataset}"]
+        overrides = overrides + [f"data.dataset={args.dataset}"]
     prof = load_profile(repl, profile, overrides)
     root = RESULTS / args.replication / profile
     goal = args.goal
     plan = Plan(RESULTS / "bench" if goal == "bench" else root, f".plan-{goal}.mk")
     data = _pn_data(repl, profile, prof, overrides, plan)
-    res = root / data["PN_NAME"]
-    runs = []
+    res = root / data["TR_NAME"]
+    runs: list[str] = []
+    arms: list[str] = []
     if goal == "replicate":
         arms = check_arms(repl, _words(args.arms, "ARMS") or list(prof.get("arms") or []),
                           "ARMS" if args.arms is not None else f"{repl}/profiles/{profile}.yaml arms")
@@ -307,15 +323,13 @@ def plan_translation(args, overrides: list[str]) -> Plan:
                 plan.runs.append((run, cfg, schema.NOT_TRAINING["translation"]))
                 runs.append(str(run))
         plan.texts.append((res / "runs.list", "".join(r + "\n" for r in runs)))
-        plan.var("PN_ARMS", arms)
-        plan.var("PN_SEEDS", seeds)
+        plan.var("R_SEEDS", seeds)
         plan.jobs = int(prof.get("parallel_runs") or 1)
     elif args.arms is not None or args.seeds is not None:
         raise ConfigError(f"the {goal} of {args.replication} takes no ARMS/SEEDS")
-    for name, value in (("PN_ROOT", root), ("PN_RES", res), ("PN_RUNS", runs),
-                        ("PN_KEEP", prof["trainer"]["keep_snapshots"]),
-                        ("PN_SET", _set_args(overrides))):
-        plan.var(name, value)
+    _result_vars(plan, args.replication, "translation", root, res, data["TR_NAME"], runs,
+                 arms, overrides)
+    plan.var("TR_KEEP", prof["trainer"]["keep_snapshots"])
     return plan
 
 
@@ -353,15 +367,15 @@ def plan_insights(args, overrides: list[str]) -> Plan:
     pn_prof = load_profile(pn_repl, prof["upstream"]["powernorm"])
     pn_prof["ood"] = []  # the insights runs need the training data only
     data = _pn_data(pn_repl, prof["upstream"]["powernorm"], pn_prof, [], plan)
-    if Path(ins_runs.data_dir(text)) != data["PN_DATA"]:
+    if Path(ins_runs.data_dir(text)) != data["TR_DATA"]:
         raise ConfigError(f"{repl}: the text runs read {ins_runs.data_dir(text)}, not "
-                          f"{data['PN_DATA']}; keep `dataset`/`data_variant` of the upstream "
+                          f"{data['TR_DATA']}; keep `data.dataset`/`data.variant` of the upstream "
                           "powernorm profile")
     for name, value in (("INS_RES", root), ("INS_RUNS", root / "runs"),
-                        ("INS_IMG_DATA", cx_processed), ("INS_TXT_DATA", data["PN_DATA"]),
-                        ("CX_DATASET", cx_dataset), ("CX_RAW", DATA / "raw" / cx_dataset / "MANIFEST.json"),
-                        ("CX_RAW_FILES", raw_prerequisites(DATA / "raw" / cx_dataset)),
-                        ("CX_PREP", cx_processed / "prepared.json")):
+                        ("INS_IMG_DATA", cx_processed), ("INS_TXT_DATA", data["TR_DATA"]),
+                        ("IC_DATASET", cx_dataset), ("IC_RAW", DATA / "raw" / cx_dataset / "MANIFEST.json"),
+                        ("IC_RAW_FILES", raw_prerequisites(DATA / "raw" / cx_dataset)),
+                        ("IC_PREP", cx_processed / "prepared.json")):
         plan.var(name, value)
     return plan
 

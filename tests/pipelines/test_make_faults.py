@@ -1,6 +1,6 @@
 """Issue 13's scenarios through the real make targets, on a tiny copy of the project.
 
-A workspace holds this repository's Makefile and replications/ (plus two tiny ConvNeXt profiles,
+A workspace holds this repository's Makefile, mk/ and replications/ (plus two tiny ConvNeXt profiles,
 `tiny` and `tiny2`, width-8 models on a few dozen synthetic Fashion-MNIST images) and a raw data
 folder with its MANIFEST.json; `make replicate-convnext` runs there for real (plan, prepare,
 train, evaluate, summarize, plot, report). Each scenario then injects one fault (a bad SET value,
@@ -71,6 +71,7 @@ def ws(tmp_path_factory) -> Path:
     """The workspace, with one finished run (arm ln, seed 0) of profile `tiny`."""
     ws = tmp_path_factory.mktemp("ws")
     shutil.copy(ROOT / "Makefile", ws / "Makefile")
+    shutil.copytree(ROOT / "mk", ws / "mk")
     shutil.copytree(ROOT / "replications", ws / "replications")
     for name in ("tiny", "tiny2"):
         text = TINY if name == "tiny" else TINY.replace("max_epochs: 1", "max_epochs: 2")
@@ -257,3 +258,29 @@ def test_a_changed_config_moves_the_run_aside(ws):
     assert len(asides) == n_aside + 1
     assert any(digest(a) == before for a in asides)
     assert json.loads((ws / RUN / "final.json").read_text())["status"] == "ok"
+
+
+def test_a_new_replication_is_a_folder(ws):
+    """A folder with configs and paper.yaml, no make code: `make replicate-<name>` runs it
+    through the shared rules (mk/replication.mk, mk/tasks/) to its own report."""
+    new = ws / "replications" / "convnext_copy"
+    shutil.copytree(ws / "replications" / "convnext", new)
+    try:
+        assert not list(new.glob("*.mk"))
+        help_text = make(ws, "help").stdout
+        assert "replicate-convnext_copy" in help_text and "sweep-convnext_copy" in help_text
+        proc = make(ws, "replicate-convnext_copy", "PROFILE=tiny", "ARMS=ln")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        res = ws / "results" / "convnext_copy" / "tiny"
+        # the same config and seed as the convnext run: the same numbers
+        ours = json.loads((res / "fashion-mnist/ln/seed0/final.json").read_text())
+        theirs = json.loads((ws / RUN / "final.json").read_text())
+        assert ours["test_top1"] == theirs["test_top1"]
+        assert (res / "fashion-mnist/runs.list").read_text().split() == [str(Path(
+            "results/convnext_copy/tiny/fashion-mnist/ln/seed0"))]
+        report = (res / "report.md").read_text()
+        assert "make replicate-convnext_copy" in report
+        assert (res / "figures/fashion-mnist-final-top1.png").is_file()
+    finally:
+        shutil.rmtree(new)
+        shutil.rmtree(ws / "results" / "convnext_copy", ignore_errors=True)

@@ -45,7 +45,7 @@ def tiny_model_cfg(norm: str, **extra) -> dict:
 def test_replication_folder_is_complete():
     assert set(PROFILES) >= {"smoke", "cpu", "gpu", "paper"}
     assert set(ARMS) == {"bn", "bn_sync", "ln"}
-    for name in ("base.yaml", "paper.yaml", "pipeline.mk", "README.md", "slurm/paper.sbatch"):
+    for name in ("base.yaml", "paper.yaml", "README.md", "slurm/paper.sbatch"):
         assert (REPL / name).is_file(), name
 
 

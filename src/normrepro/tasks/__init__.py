@@ -22,10 +22,13 @@ class TaskSpec:
     figures: figure stems per kind, `curves`, `final`, `ours-vs-paper` (prefixed with the data
         folder's name).
     report_extras: optional inputs the task's report reads (e.g. `bench`, `crosscheck`).
+    done_marker: the file a finished training writes last in its run folder (the make target of
+        the train stage, mk/tasks/<task>.mk).
     """
     summary_metrics: Callable[[list[Path]], list[str]]
     curve_x: str
     curve_columns: tuple[str, ...]
     curve_labels: dict[str, str]
     figures: dict[str, str]
+    done_marker: str
     report_extras: tuple[str, ...] = field(default_factory=tuple)

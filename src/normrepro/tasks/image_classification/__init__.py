@@ -4,7 +4,8 @@ with Lightning on an image data set (Fashion-MNIST, CIFAR, Imagenette, ImageNet)
 `data`/`datamodule` read the prepared images, `model`/`vit` build the networks, `module` is the
 Lightning module; `prepare`, `train`, `evaluate` and `report` are this task's halves of the
 stages of the same name (`normrepro.stages`); `sweep` and `bench` are its learning-rate sweep
-and speed benchmark. The ConvNeXt replication (`replications/convnext/`) uses it.
+and speed benchmark. The ConvNeXt and DyT replications (`replications/convnext/`,
+`replications/dyt/`) use it.
 """
 
 from pathlib import Path
@@ -35,4 +36,5 @@ SPEC = TaskSpec(
     curve_labels={"epoch": "epoch", "train_loss": "training loss (label-smoothed CE)",
                   "val_top1": "held-out top-1 (%)", "val_loss": "held-out loss"},
     figures={"curves": "learning-curves", "final": "final-top1", "ours-vs-paper": "ours-vs-paper"},
+    done_marker="env.json",
 )

@@ -27,9 +27,9 @@ from pathlib import Path
 from normrepro.tasks import TaskSpec
 
 def data_dir(cfg: dict) -> Path:
-    """The prepared data folder a run config reads: data/processed/<dataset>[-<data_variant>]."""
-    variant = cfg.get("data_variant") or ""
-    return Path("data/processed") / (cfg["dataset"] + (f"-{variant}" if variant else ""))
+    """The prepared data folder a run config reads: data/processed/<data.dataset>[-<data.variant>]."""
+    variant = cfg["data"].get("variant") or ""
+    return Path("data/processed") / (cfg["data"]["dataset"] + (f"-{variant}" if variant else ""))
 
 
 BASE_METRICS = ("test_bleu_tok", "test_bleu_sacre")
@@ -64,5 +64,6 @@ SPEC = TaskSpec(
     curve_labels={"updates": "updates", "val_loss": "validation loss (bits/token, label-smoothed)",
                   "val_bleu": "greedy validation BLEU (subset)", "train_loss": "training loss (bits/token)"},
     figures={"curves": "curves", "final": "final-bleu", "ours-vs-paper": "ours-vs-paper"},
+    done_marker="train.json",
     report_extras=("bench", "crosscheck"),
 )
