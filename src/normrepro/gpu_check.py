@@ -145,8 +145,8 @@ def translation_data(repl: Path, profile: str, data_root: Path = DATA) -> tuple[
 
     for prof, kind in ((profile, "real"), ("smoke", "smoke")):
         cfg = load_profile(repl, prof)
-        variant = cfg.get("data_variant") or ""
-        folder = data_root / (cfg["dataset"] + (f"-{variant}" if variant else ""))
+        variant = cfg["data"].get("variant") or ""
+        folder = data_root / (cfg["data"]["dataset"] + (f"-{variant}" if variant else ""))
         if (folder / "MANIFEST.json").is_file() and (folder / "bin" / "dict.de.txt").is_file():
             return folder, kind
     return None, "synthetic"
@@ -321,7 +321,7 @@ def run(out: Path, profile: str, warmup: int, steps: int, convnext_arm_list: lis
             from normrepro.config import load_profile
 
             cfg = load_profile(pn_repl, profile)
-            vocab = int(((cfg.get("prepare") or {}).get(cfg["dataset"]) or {}).get("bpe_size") or 10000)
+            vocab = int(((cfg.get("prepare") or {}).get(cfg["data"]["dataset"]) or {}).get("bpe_size") or 10000)
             data_dir = write_synthetic_corpus(Path(tmp) / "synthetic-de-en", vocab)
         notes = {"real": "the profile's own prepared data",
                  "smoke": "the real data is not prepared here: the smoke profile's prepared data "

@@ -13,6 +13,9 @@ training, `sync_stamp` compares it with the stamp the run would get now:
                                         `<run>.replaced-<time>/`, said in one line, and the run
                                         starts over in a fresh folder (`fresh`).
 
+A stamp written before a config key was renamed (`RENAMED_KEYS`) reads as the stamp with the new
+name: the same training, so the stamp is rewritten and nothing is retrained.
+
 Nothing a finished run wrote is ever deleted: it is renamed. `normrepro.plan` applies the same rule
 when a command's config differs from a run's, before writing the new `config.yaml`.
 """
@@ -33,10 +36,31 @@ from normrepro.io import atomic_write_text
 STAMP = Path("checkpoints") / "config.yaml"
 DATA_LINE = "# data: "
 
+# Config keys renamed after runs had been trained under the old name (old top-level key -> new
+# dotted key). Translation configs named their data set `dataset`/`data_variant` until both
+# tasks took `data.dataset` (and `data.variant`).
+RENAMED_KEYS = {"dataset": "data.dataset", "data_variant": "data.variant"}
+
+
+def rename_legacy_keys(cfg: dict) -> dict:
+    """`cfg` (changed in place) with every key of RENAMED_KEYS under its new name."""
+    for old, new in RENAMED_KEYS.items():
+        if old not in cfg:
+            continue
+        value = cfg.pop(old)
+        *parents, leaf = new.split(".")
+        node = cfg
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node.setdefault(leaf, value)
+    return cfg
+
 
 def training_view(cfg: dict, exclude: Iterable[str]) -> dict:
     """`cfg` without the keys in `exclude` (top-level names or dotted paths)."""
-    view = yaml.safe_load(yaml.safe_dump(cfg))  # a deep copy with plain types
+    view = rename_legacy_keys(yaml.safe_load(yaml.safe_dump(cfg)))  # a deep copy, plain types
     for key in exclude:
         parts = key.split(".")
         node = view
@@ -62,7 +86,7 @@ def parse_stamp(text: str) -> tuple[dict | None, str | None]:
         view = yaml.safe_load(text)
     except yaml.YAMLError:
         return None, data
-    return (view if isinstance(view, dict) else None), data
+    return (rename_legacy_keys(view) if isinstance(view, dict) else None), data
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -186,6 +210,9 @@ def sync_stamp(run: str | Path, stamp: str, finished: Iterable[str], partial: It
     old = stamp_path.read_text(encoding="utf-8") if stamp_path.is_file() else None
     is_finished = any((run / f).exists() for f in finished)
     state = None
+    if old is not None and old != stamp and parse_stamp(old) == parse_stamp(stamp):
+        atomic_write_text(stamp_path, stamp)   # the same training under renamed keys
+        old = stamp
     if old is not None and old != stamp:
         old_view, old_data = parse_stamp(old)
         new_view, new_data = parse_stamp(stamp)

@@ -288,10 +288,11 @@ class PnModel:
 
 @dataclass
 class PnData:
+    dataset: Annotated[str, Check(_translation_dataset)]
+    variant: Optional[str]                 # non-empty: data/processed/<dataset>-<variant>
     max_tokens: PosInt
     max_sentences: Optional[PosInt]
     train_max_positions: Optional[PosInt]
-    required_batch_size_multiple: PosInt
     num_workers: NonNegInt
     required_batch_size_multiple: PosInt   # training batches only (fairseq's default 8)
 
@@ -342,8 +343,6 @@ class PnEval:
 @dataclass
 class TranslationConfig:
     task: Literal["translation"]
-    dataset: Annotated[str, Check(_translation_dataset)]
-    data_variant: Optional[str]
     ood: list[Annotated[str, Check(_translation_any_dataset)]]
     arms: list[str]
     seeds: list[NonNegInt]
@@ -363,7 +362,7 @@ class TranslationConfig:
     insights: dict[str, Any]
 
 
-TRANSLATION_REQUIRED = ("seed", "dataset", "model.arch", "model.encoder_norm", "model.decoder_norm",
+TRANSLATION_REQUIRED = ("seed", "data.dataset", "model.arch", "model.encoder_norm", "model.decoder_norm",
                       "data.max_tokens", "optim.lr", "optim.warmup_updates",
                       "trainer.keep_snapshots")
 

@@ -116,7 +116,7 @@ def test_translation_schema_checks_norms_prepare_options_and_data_sets():
                                           r"prepare.bible-de-en.bpe_size\?"):
         load_profile(PN, "smoke", ["prepare.bible-de-en.bpe_sise=3"])
     with pytest.raises(ConfigError, match=r"dataset: 'fashion-mnist' is not a training data set"):
-        load_profile(PN, "smoke", ["dataset=fashion-mnist"])
+        load_profile(PN, "smoke", ["data.dataset=fashion-mnist"])
     # The schema's data sets and prepare options are the prepare stage's.
     assert schema.TRANSLATION_DATASETS == tprepare.DATASETS
     fields = schema._hints(schema.PnPrepare)
@@ -212,6 +212,38 @@ def test_a_changed_stamp_moves_the_finished_run_aside(tmp_path, capsys):
         assert (aside / name).is_file(), name  # nothing finished is lost
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml"]
     assert (run / "config.yaml").read_text() == "new: config\n"
+
+
+def test_a_stamp_under_renamed_keys_is_the_same_training(tmp_path, capsys):
+    """Translation runs trained when the data set was the top-level `dataset`/`data_variant`
+    are finished runs of `data.dataset`/`data.variant`: nothing moved aside or retrained, by the
+    train stage (stamp) or the plan (config.yaml)."""
+    from normrepro.plan import sync_run_config
+
+    run = tmp_path / "ln" / "seed1"
+    old_cfg = {"dataset": "bible-de-en", "data_variant": "", "data": {"max_tokens": 1024},
+               "optim": {"lr": 0.002}, "eval": {"beam": 5}}
+    new_cfg = {"data": {"dataset": "bible-de-en", "variant": "", "max_tokens": 1024},
+               "optim": {"lr": 0.002}, "eval": {"beam": 4}}
+    # the stamp as the train stage wrote it before the rename
+    old = (yaml.safe_dump({k: v for k, v in old_cfg.items() if k != "eval"}, sort_keys=True)
+           + rundir.DATA_LINE + "a" * 64 + "\n")
+    new = rundir.stamp_text(new_cfg, ("eval",), "a" * 64)
+    assert old.startswith("data:\n  max_tokens: 1024\ndata_variant: ''\ndataset: bible-de-en\n")
+    assert new.startswith("data:\n  dataset: bible-de-en\n")
+    _finished_run(run, old)
+    (run / "config.yaml").write_text(yaml.safe_dump(old_cfg))
+    sync_run_config(run, new_cfg, ("eval",))
+    assert yaml.safe_load((run / "config.yaml").read_text()) == new_cfg
+    assert rundir.sync_stamp(run, new, ("env.json",), ("metrics.csv",)) == "done"
+    assert (run / "checkpoints" / "config.yaml").read_text() == new  # rewritten under the new names
+    assert not list(tmp_path.glob("ln/seed1.replaced-*"))
+    assert "moved" not in capsys.readouterr().out
+    # a real change under the new names still moves the run aside
+    changed = rundir.stamp_text({**new_cfg, "data": {**new_cfg["data"], "dataset": "iwslt14"}},
+                                ("eval",), "a" * 64)
+    assert rundir.sync_stamp(run, changed, ("env.json",), ("metrics.csv",)) == "fresh"
+    assert "data.dataset 'bible-de-en' → 'iwslt14'" in capsys.readouterr().out
 
 
 def test_an_unreadable_checkpoint_is_set_aside_and_training_restarts(tmp_path, capsys):

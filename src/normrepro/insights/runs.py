@@ -148,7 +148,7 @@ def _train_text(cfg: dict, out: Path, data: Path) -> dict:
         return {**summary, "up_to_date": True}
     if launch_rank() == 0:
         write_env_json(out / "env.json", wall_time_s=summary["train_time_s"], train=summary,
-                       run={"dataset": cfg["dataset"], "arm": cfg.get("arm"), "seed": cfg["seed"],
+                       run={"dataset": cfg["data"]["dataset"], "arm": cfg.get("arm"), "seed": cfg["seed"],
                             "encoder_norm": cfg["model"]["encoder_norm"]})
     return summary
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "data":
         cfg = resolve_run(args.profile, args.run, args.repl_dir)
         if args.name:
-            print(cfg["data"]["dataset"] if cfg["task"] == "image_classification" else cfg["dataset"])
+            print(cfg["data"]["dataset"])
         else:
             print(data_dir(cfg))
     elif args.cmd == "args":
