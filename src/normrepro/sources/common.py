@@ -29,6 +29,16 @@ class DatasetLayoutError(DataError):
     """A folder the user points to does not have the layout a data set needs."""
 
 
+class CorpusError(DataError):
+    """A raw corpus file missing or not what its reader expects; the message names the file and
+    how to obtain it."""
+
+
+def clean_space(text: str) -> str:
+    """Runs of white space as one space, none at the ends."""
+    return " ".join(text.split())
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 
 from normrepro.download import (
@@ -13,6 +14,8 @@ from normrepro.download import (
 )
 from normrepro.io import atomic_path
 from normrepro.sources.common import (
+    CorpusError,
+    clean_space,
     begin_fetch,
     debian_files_or_install,
     debian_md5sums,
@@ -79,3 +82,46 @@ def fetch_ding_de_en(
     return write_manifest(out, "ding-de-en", [dest], source=origin,
                           license="GPL-2.0-or-later (Ding, Frank Richter, TU Chemnitz)",
                           entries=entries, verification=verification)
+
+
+# ---------------------------------------------------------------------------------------------
+# the corpus reader: sentence-like entries as an out-of-domain test set (the filter is described
+# in normrepro.tasks.translation.prepare)
+
+_ANNOTATION = re.compile(r"\s*(\{[^}]*\}|\[[^\]]*\]|<[^>]*>)")
+_SENTENCE_ALTERNATIVES = re.compile(r"(?<=[.!?])\s*;\s+")
+_REJECT = re.compile(r"(/|…|\(|\)|\.\.\.|;|\b(etw|jdn|jdm|jds|jd|sb|sth)\b\.?)", re.IGNORECASE)
+_SENTENCE_SHAPE = re.compile(r"^[A-ZÄÖÜ0-9\"'„“].*[.!?][\"'“”]?$")
+
+
+def ding_sentence_pairs(path: Path) -> list[tuple[str, str]]:
+    """The sentence-like aligned sub-entries of a Ding `de-en.txt` (filter in the module doc)."""
+    if not Path(path).is_file():
+        raise CorpusError(f"{path} not found; run `python -m normrepro.fetch ding-de-en "
+                           f"--out {Path(path).parent}` first")
+    pairs, seen = [], set()
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("#") or " :: " not in line:
+                continue
+            de, en = line.rstrip("\n").split(" :: ", 1)
+            de_parts, en_parts = de.split(" | "), en.split(" | ")
+            if len(de_parts) != len(en_parts):
+                continue
+            for d, e in zip(de_parts, en_parts):
+                d = _SENTENCE_ALTERNATIVES.split(_ANNOTATION.sub("", d).strip())[0].strip()
+                e = _SENTENCE_ALTERNATIVES.split(_ANNOTATION.sub("", e).strip())[0].strip()
+                d, e = clean_space(d.replace("’", "'")), clean_space(e.replace("’", "'"))
+                if _REJECT.search(d) or _REJECT.search(e):
+                    continue
+                if not (_SENTENCE_SHAPE.match(d) and _SENTENCE_SHAPE.match(e)):
+                    continue
+                if not (4 <= len(d.split()) <= 40 and 4 <= len(e.split()) <= 40):
+                    continue
+                if d in seen:
+                    continue
+                seen.add(d)
+                pairs.append((d, e))
+    if not pairs:
+        raise CorpusError(f"{path}: no sentence-like entries found; is it the Ding de-en.txt?")
+    return pairs

