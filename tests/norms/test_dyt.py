@@ -14,7 +14,7 @@ from torch import nn
 from normrepro import schema
 from normrepro.tasks.image_classification.model import build_model, count_parameters, norm_modules
 from normrepro.insights.causal import METRICS, Case, measure
-from normrepro.norms.dyt import DyT, DyT2d
+from normrepro.norms.dyt import SATURATION_THRESHOLD, DyT, DyT2d, SaturationRecorder
 from normrepro.norms import IMAGE_NORMS, SEQUENCE_NORMS, create_norm, get_norm_layer
 
 T, B, C = 5, 3, 6
@@ -231,3 +231,25 @@ def test_sequence_norm_in_a_convnext_is_a_config_error():
         build_model({"variant": "convnext_atto", "norm": "dyt", "patch_size": 4,
                      "kwargs": dict(TINY_CONVNEXT)}, 10, 1)
 
+
+
+def test_saturation_recorder_counts_inputs_beyond_the_threshold_per_layer():
+    """|α·x| ≥ 2 counted per DyT layer over every forward pass inside the block, by name; the
+    hooks go away on exit; a model without DyT has no layers to record."""
+    model = nn.Sequential(DyT2d(2), nn.Identity(), DyT(2))
+    with torch.no_grad():
+        model[0].alpha.fill_(1.0)
+        model[2].alpha.fill_(0.5)
+    x = torch.tensor([0.0, 1.9, 2.0, -3.0, 5.0, -0.1, 2.5, 4.1]).view(1, 2, 2, 2)
+    recorder = SaturationRecorder(model)
+    with recorder:
+        y = model[0](x)
+        model[0](x)                       # counted twice: 5 of 8 inputs each time
+        model[2](x.view(2, 2, 2))         # α 0.5: |x| ≥ 4 → 2 of 8
+    assert [n for n, _ in recorder.layers] == ["0", "2"]
+    assert recorder.threshold == SATURATION_THRESHOLD == 2.0
+    assert recorder.counts == {"0": [10, 16], "2": [2, 8]}
+    assert recorder.fractions() == {"0": 10 / 16, "2": 2 / 8}
+    assert not model[0]._forward_hooks and not model[2]._forward_hooks
+    assert torch.equal(model[0](x), y)    # recording changes nothing
+    assert SaturationRecorder(nn.Sequential(nn.LayerNorm(2))).layers == []

@@ -189,3 +189,44 @@ class DyT2d(_DyTBase):
         alpha, w, b = self._params(C, work, (C, 1))
         y = _dyt(x.reshape(B, C, H * W).to(work), alpha, w, b)
         return y.to(out).view(B, C, H, W)
+
+
+# ---------------------------------------------------------------------------------------------
+# saturation (recording, not part of the norm)
+
+# |α·x| at or above this is "in tanh's saturated range": tanh(2) = 0.964, where the slope
+# 1 - tanh² has fallen to 0.071 of its value at 0, so the input's size barely reaches the output.
+SATURATION_THRESHOLD = 2.0
+
+
+class SaturationRecorder:
+    """Counts, for every DyT layer of `model`, the inputs x with |α·x| ≥ `threshold` over the
+    forward passes made inside `with recorder:` (forward hooks, removed on exit). The DyT paper's
+    explanation of why DyT can stand in for LayerNorm is that it squashes the few extreme
+    activations while staying nearly linear for the rest; `fractions()` says how many inputs
+    each layer squashes, by module name in `model.named_modules()` order."""
+
+    def __init__(self, model: nn.Module, threshold: float = SATURATION_THRESHOLD):
+        self.threshold = float(threshold)
+        self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _DyTBase)]
+        self.counts = {name: [0, 0] for name, _ in self.layers}   # saturated, total
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            z = (inputs[0].detach().float() * module.alpha.detach().float()).abs()
+            self.counts[name][0] += int((z >= self.threshold).sum())
+            self.counts[name][1] += z.numel()
+        return hook
+
+    def __enter__(self) -> "SaturationRecorder":
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in self.layers]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def fractions(self) -> dict[str, float]:
+        return {name: (s / n if n else float("nan")) for name, (s, n) in self.counts.items()}

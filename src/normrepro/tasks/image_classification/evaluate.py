@@ -36,6 +36,7 @@ from normrepro.errors import CheckpointError, DataError, UserError
 from normrepro.io import atomic_write_json, read_json
 from normrepro.tasks.image_classification import check_data_arg
 from normrepro.rundir import STAMP, checkpoint_problem, parse_stamp
+from normrepro.norms.dyt import SaturationRecorder
 
 
 def load_weights(model: torch.nn.Module, ckpt_path: Path) -> None:
@@ -121,8 +122,16 @@ def evaluate(run: str | Path) -> dict:
     load_weights(model, run / "checkpoints" / "last.ckpt")
     gpu = uses_gpu(cfg)
     device = torch.device("cuda" if gpu else "cpu")
-    result = evaluate_model(model, dm.loader("test", train=False), dm.backend,
-                            dict(cfg["data"].get("augment") or {}), mean, std, device, bf16=gpu)
+    recorder = SaturationRecorder(model)
+    with recorder:
+        result = evaluate_model(model, dm.loader("test", train=False), dm.backend,
+                                dict(cfg["data"].get("augment") or {}), mean, std, device, bf16=gpu)
+    if recorder.layers:
+        # DyT models: the fraction of each layer's test-set inputs in tanh's saturated range
+        # (|α·x| ≥ SATURATION_THRESHOLD) with the trained weights, and its mean over layers.
+        sat = recorder.fractions()
+        final.update(dyt_saturation=sat, dyt_saturation_mean=sum(sat.values()) / len(sat),
+                     dyt_saturation_threshold=recorder.threshold)
     status = "ok" if math.isfinite(result["test_loss"]) else "diverged"
     final.update(status=status, **result, parameters=count_parameters(model),
                  test_split=dm.spec.test_split, eval_time_s=time.time() - started)

@@ -30,7 +30,7 @@ from normrepro.summary import SUMMARY_COLUMNS, read_summary, resolve_run_dirs
 from normrepro.tasks.image_classification import SPEC
 
 RUNS_COLUMNS = {
-    "arm": "arm name (`replications/convnext/arms/<arm>.yaml`; order and labels: paper.yaml `arms`)",
+    "arm": "arm name (`replications/<name>/arms/<arm>.yaml`; order and labels: paper.yaml `arms`)",
     "seed": "training seed (initialisation, data order, augmentation, stochastic depth)",
     "status": "`ok`, `diverged` (training loss became NaN/inf) or `missing` (no final.json)",
     "test_top1": "top-1 accuracy (%) on the test split after the last epoch",
@@ -163,13 +163,18 @@ def _held_out_se(sweep_dir: Path, grid: pd.DataFrame, arm: str, lr: float,
     return 100.0 * math.sqrt(p * (1.0 - p) / n)
 
 
-def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float]) -> list[str]:
-    """The learning-rate sweep behind the arms' lrs, from `sweep/grid.csv` and `summary.csv`."""
+def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float],
+                  per_arm_lrs: bool = True) -> list[str]:
+    """The learning-rate sweep behind the arms' lrs, from `sweep/grid.csv` and `summary.csv`.
+    `per_arm_lrs`: the profile sets each arm's lr (`arm_overrides.<arm>.optim.lr`)."""
     if not (sweep_dir / "summary.csv").is_file() or not (sweep_dir / "grid.csv").is_file():
+        why = ("the profile's per-arm lrs were chosen by it on the development machine, as the "
+               "profile's comments say" if per_arm_lrs else
+               "this profile sets no per-arm lr: every arm trains at the same lr, not one chosen "
+               "for it on held-out data")
         return ["### Learning-rate sweep", "",
                 f"No sweep results under `{sweep_dir}`; `make sweep-{sweep_dir.parents[2].name}` "
-                "writes them (the "
-                "profile's lrs were chosen by it on the development machine).", ""]
+                f"writes them ({why}).", ""]
     grid = pd.read_csv(sweep_dir / "grid.csv")
     summary = pd.read_csv(sweep_dir / "summary.csv")
     rows = []
@@ -218,6 +223,42 @@ def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float])
     return lines
 
 
+def _architecture(model: dict) -> tuple[str, str]:
+    """One model config in words: the timm model, and where its norms are."""
+    common = (f"stochastic depth {model.get('drop_path_rate')}, EMA "
+              f"{'on' if model.get('ema') else 'off'}")
+    if str(model["variant"]).startswith("vit_"):
+        return (f"timm VisionTransformer `{model['variant']}`, patch {model.get('patch_size')}, "
+                f"{common}", "everywhere a ViT has one (norm1 and norm2 of every block, the final norm)")
+    return (f"timm `{model['variant']}` with `conv_mlp=True`, stem patch {model.get('patch_size')}, "
+            f"{common}", "everywhere a ConvNeXt has one (stem, downsampling, blocks, head)")
+
+
+def _model_lines(details: list[dict], params_by_arm: dict[str, list[int]]) -> str:
+    """The model(s) of the arms: one sentence when every arm shares the architecture, one part
+    per architecture otherwise (a replication may compare norms on ConvNeXt and on a ViT)."""
+    groups: dict[tuple[str, str], dict[str, str]] = {}
+    for d in details:
+        if "config.yaml" in d:
+            model = d["config.yaml"]["model"]
+            groups.setdefault(_architecture(model), {})[d["row"]["arm"]] = model["norm"]
+
+    def params(arms) -> str:
+        return ", ".join(f"{p:,}" for p in sorted({p for a in arms for p in params_by_arm.get(a, [])})) or "n/a"
+
+    def norms_text(norms: dict[str, str]) -> str:
+        return ", ".join(f"`{arm}` = `{norm}`" for arm, norm in sorted(norms.items()))
+
+    if len(groups) == 1:
+        (((text, where), norms),) = groups.items()
+        return (f"- **Model**: {text}; {params(norms)} parameters in every arm. The arms differ "
+                f"only in the norm (registry name), used {where}: {norms_text(norms)}.")
+    parts = [f"({i}) {text}; {params(norms)} parameters; the norm used {where}: {norms_text(norms)}"
+             for i, ((text, where), norms) in enumerate(groups.items(), 1)]
+    return ("- **Models**: the arms differ in the architecture and the norm (registry name): "
+            + "; ".join(parts) + ".")
+
+
 def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: Path) -> tuple[str, dict]:
     dataset = ds_dir.name
     summary, runs, details = _load_runs(ds_dir)
@@ -229,13 +270,14 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
     finals = [d["final.json"] for d in details if "final.json" in d]
     train_rec = envs[0].get("train", {}) if envs else {}
     split_sizes = train_rec.get("split_sizes", {})
-    params = sorted({f["parameters"] for f in finals if f.get("parameters")})
     n_test = sorted({f["n_test"] for f in finals if f.get("n_test")})
     test_split = next((f["test_split"] for f in finals if f.get("test_split")), "test")
     seeds = {arm: sorted(runs[runs["arm"] == arm]["seed"].tolist()) for arm in runs["arm"].unique()}
 
-    arm_norms = {d["row"]["arm"]: d["config.yaml"]["model"]["norm"] for d in details
-                 if "config.yaml" in d}
+    params_by_arm: dict[str, list[int]] = {}
+    for d in details:
+        if (d.get("final.json") or {}).get("parameters"):
+            params_by_arm.setdefault(d["row"]["arm"], []).append(d["final.json"]["parameters"])
     arm_lrs = {d["row"]["arm"]: d["env.json"]["train"]["lr"] for d in details
                if "train" in d.get("env.json", {})}
     lines = [f"## {dataset}", ""]
@@ -253,12 +295,7 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
         f"{cfg['data'].get('split_seed', 0)}, identical for all runs); accuracy is measured on "
         f"{', '.join(map(str, n_test)) or 'n/a'} images of the `{test_split}` split. "
         f"Augmentation: {_augment_text(cfg['data'].get('augment') or {})}.",
-        f"- **Model**: timm `{model['variant']}` with `conv_mlp=True`, stem patch "
-        f"{model.get('patch_size')}, stochastic depth {model.get('drop_path_rate')}, EMA "
-        f"{'on' if model.get('ema') else 'off'}; {', '.join(f'{p:,}' for p in params) or 'n/a'} "
-        "parameters in every arm. The arms differ only in the norm (registry name), used "
-        "everywhere a ConvNeXt has one (stem, downsampling, blocks, head): "
-        + ", ".join(f"`{arm}` = `{norm}`" for arm, norm in sorted(arm_norms.items())) + ".",
+        _model_lines(details, params_by_arm),
         f"- **Training**: {cfg['trainer']['max_epochs']} epochs, AdamW, effective batch "
         f"{train_rec.get('effective_batch', 'n/a')} (per device {cfg['data']['batch_size']} × "
         f"{train_rec.get('world_size', 'n/a')} processes × "
@@ -290,11 +327,25 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
             "diverged": f"{int(r1['n_diverged'])} / {int(r1['n_runs'])}",
             "status": r1["status"]})
     lines += ["### Results (test split, after the last epoch)", "", rp.markdown_table(rows), ""]
+    sat: dict[str, list[float]] = {}
+    for d in details:
+        f = d.get("final.json") or {}
+        if isinstance(f.get("dyt_saturation_mean"), (int, float)):
+            sat.setdefault(d["row"]["arm"], []).append(100.0 * f["dyt_saturation_mean"])
+            threshold = f.get("dyt_saturation_threshold")
+    if sat:
+        lines += [f"DyT inputs in tanh's saturated range (|α·x| ≥ {threshold:g}) on the test "
+                  "images, with the trained weights: the mean over layers, per seed, "
+                  + "; ".join(f"{arm} " + ", ".join(f"{v:.2f} %" for v in vals)
+                              for arm, vals in sorted(sat.items()))
+                  + " (each layer's fraction: `dyt_saturation` in final.json).", ""]
     lines += ["Per run (`runs.csv`):", "",
               rp.markdown_table(runs, {"arm": "arm", "seed": "seed", "status": "status",
                                        "test_top1": "top-1 (%)", "test_top5": "top-5 (%)"}), ""]
     # ---- verdict
-    regime = (f"{dataset}, timm `{model['variant']}` (stem patch {model.get('patch_size')}), "
+    variants = sorted({d["config.yaml"]["model"]["variant"] for d in details if "config.yaml" in d})
+    patch = "patch" if any(v.startswith("vit_") for v in variants) else "stem patch"
+    regime = (f"{dataset}, timm {' and '.join(f'`{v}`' for v in variants)} ({patch} {model.get('patch_size')}), "
               f"{split_sizes.get('train', 'n/a')} training images, "
               f"{cfg['trainer']['max_epochs']} epochs, profile `{cfg.get('profile', 'n/a')}`")
     info = {"dataset": dataset, "regime": regime}
@@ -323,7 +374,9 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
         lines += ["### Figures", ""]
         for stem, alt in present:
             lines += [rp.figure_line(stem.with_name(stem.name + ".png"), report_path, alt), ""]
-    lines += sweep_section(ds_dir / "sweep", report_path, arm_lrs)
+    per_arm_lrs = any(get_key(c, "optim.lr", None) is not None for c in configs) and \
+        len({get_key(c, "optim.lr", None) for c in configs}) > 1
+    lines += sweep_section(ds_dir / "sweep", report_path, arm_lrs, per_arm_lrs)
     # ---- deviations
     lines += ["### Deviations from the paper's setup", ""]
     lines += [f"- {x}" for x in _deviations(paper.data, cfg, train_rec, split_sizes, arm_lrs)]
