@@ -25,8 +25,8 @@
 # DATASET=, ARMS=, SEEDS=, SET= and every run config, stops at the first problem with one line,
 # then locks results/<name>/<profile>/, writes the run configs and a plan (the R_* variables of the
 # command, and the task's data variables IC_*/TR_*) and runs the private goal in a sub-make.
-# Goals beyond `replicate` are the task's: sweep (image classification), crosscheck and bench
-# (translation), bench (image classification).
+# Goals beyond `replicate` are the task's: sweep and bench (image classification), crosscheck
+# and bench (translation).
 
 # The replications made by these rules: every folder with a base.yaml, except those that bring
 # their own pipeline.mk (insights).

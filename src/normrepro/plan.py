@@ -209,8 +209,8 @@ def _set_args(overrides: list[str]) -> str:
 def _result_vars(plan: Plan, name: str, task: str, root: Path, res: Path, data_name: str,
                  runs: list[str], arms: list[str], overrides: list[str]) -> None:
     """The make variables of mk/replication.mk: where one replication's profile writes."""
-    from normrepro.stages.plot import figure_paths
     from normrepro.stages._task import spec
+    from normrepro.tasks import figure_paths
 
     fig = figure_paths(spec(task), root / "figures", data_name)["final"]
     for key, value in (("R_NAME", name), ("R_REPL", REPLICATIONS / name), ("R_TASK", task),

@@ -81,4 +81,4 @@ def test_plan_names_the_closest_replication(capsys, monkeypatch):
     assert plan.main(["convnxt", "--check"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: no replication 'convnxt' under replications; did you mean 'convnext'? "
-                   "choose from convnext, dyt, insights, powernorm"]
+                   "choose from convnext, dyt, dyt_text, insights, powernorm"]

@@ -24,7 +24,8 @@ pipelines wrote:
     by side on CPU profiles; `make bench-*` holds the controlled benchmarks);
   * the runs that diverged, if any.
 A declared cell without results says "not run" with the command that fills it. When several
-replications fill the same row and column, the first with results (by replication name) wins.
+replications fill the same row and column, the first with results wins: replications of a paper
+before extensions (no paper numbers), each by name; each cell names the replication it is from.
 """
 
 from __future__ import annotations
@@ -91,12 +92,15 @@ class Grid:
 # reading
 
 def _papers(replications: Path) -> dict[str, Paper]:
-    out = {}
+    """The replications that declare index rows: those with a paper's numbers first, then the
+    extensions (no numbers in any `results` entry), each group by name."""
+    found = []
     for path in sorted(replications.glob("*/paper.yaml")):
         paper = load_paper(path)
         if paper.data.get("index"):
-            out[path.parent.name] = paper
-    return out
+            extension = not any(r.get("arms") for r in paper.data["results"].values())
+            found.append((extension, path.parent.name, paper))
+    return {name: paper for _, name, paper in sorted(found, key=lambda t: t[:2])}
 
 
 def _profiles(results: Path, names) -> list[str]:
@@ -252,10 +256,11 @@ def cell_lines(cell: Cell) -> list[str]:
         return ["not run", f"`{cell.command}`"]
     if cell.reference:
         lines = [f"{_f(cell.value)} [{_f(cell.ci_low)}, {_f(cell.ci_high)}]",
-                 f"{cell.metric}, {_count(cell.n, 'seed')}"]
+                 f"{cell.metric}, {_count(cell.n, 'seed')} ({cell.replication})"]
     else:
         lines = [f"{_f(cell.value, signed=True)} [{_f(cell.ci_low, signed=True)}, "
-                 f"{_f(cell.ci_high, signed=True)}]", f"vs LN, {_count(cell.n, 'paired seed')}"]
+                 f"{_f(cell.ci_high, signed=True)}]",
+                 f"vs {cell.replication}'s LN, {_count(cell.n, 'paired seed')}"]
     if math.isfinite(cell.paper):
         lines.append(f"paper: {_f(cell.paper, signed=not cell.reference)}")
     if math.isfinite(cell.speed):

@@ -30,12 +30,7 @@ from normrepro.errors import UserError, cli
 from normrepro.paper import load_paper
 from normrepro.stages._task import replication_task, spec
 from normrepro.summary import collect_curves, read_summary, resolve_run_dirs
-from normrepro.tasks import TaskSpec
-
-
-def figure_paths(task_spec: TaskSpec, out_dir: str | Path, data_name: str) -> dict[str, Path]:
-    """Stems (add .png / .pdf) of the figures of one data folder, by kind."""
-    return {kind: Path(out_dir) / f"{data_name}-{stem}" for kind, stem in task_spec.figures.items()}
+from normrepro.tasks import figure_paths
 
 
 def plot_all(replication: str | Path, summary_csv: str | Path, out_dir: str | Path) -> list[Path]:

@@ -32,3 +32,9 @@ class TaskSpec:
     figures: dict[str, str]
     done_marker: str
     report_extras: tuple[str, ...] = field(default_factory=tuple)
+
+
+def figure_paths(task_spec: TaskSpec, out_dir: str | Path, data_name: str) -> dict[str, Path]:
+    """Stems (add .png / .pdf) of the figures of one data folder, by kind (the plot stage writes
+    them; the reports and the make rules name them)."""
+    return {kind: Path(out_dir) / f"{data_name}-{stem}" for kind, stem in task_spec.figures.items()}

@@ -193,7 +193,7 @@ def bench(repl: str | Path, profile: str, arms: list[str], warmup: int, steps: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.tasks.image_classification.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repl", default="replications/convnext")
+    parser.add_argument("--repl", required=True, help="the replication folder, e.g. replications/convnext")
     parser.add_argument("--profile", default="auto")
     parser.add_argument("--arms", nargs="+", default=["bn", "ln"])
     parser.add_argument("--warmup", type=int, default=5)

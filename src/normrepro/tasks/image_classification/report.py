@@ -25,7 +25,7 @@ from normrepro.tasks.image_classification.metrics import METRIC_COLUMNS
 from normrepro.io import read_json
 from normrepro.paper import Paper, load_paper, rule_text
 from normrepro.stats import format_pm
-from normrepro.stages.plot import figure_paths
+from normrepro.tasks import figure_paths
 from normrepro.summary import SUMMARY_COLUMNS, read_summary, resolve_run_dirs
 from normrepro.tasks.image_classification import SPEC
 

@@ -132,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.tasks.translation.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--repl-dir", type=Path, default=Path("replications/powernorm"))
+    parser.add_argument("--repl-dir", type=Path, required=True, help="the replication folder, e.g. replications/powernorm")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--warmup", type=int, default=10, help="untimed updates first (and fairseq's log interval)")
     parser.add_argument("--updates", type=int, default=40, help="timed updates (a multiple of --warmup)")
-    parser.add_argument("--out", type=Path, default=Path("results/bench/powernorm.json"))
+    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     quiet_logging()
     result = bench(args.data, args.repl_dir, args.profile, args.out, args.warmup, args.updates)

@@ -235,11 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normrepro.tasks.translation.crosscheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--repl-dir", type=Path, default=Path("replications/powernorm"))
+    parser.add_argument("--repl-dir", type=Path, required=True, help="the replication folder, e.g. replications/powernorm")
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--arm", default="ln")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("results/powernorm/smoke/crosscheck.json"))
+    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override (e.g. trainer.max_updates=300), applied to both trainers")
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ from normrepro.config import get_key, load_yaml
 from normrepro.io import read_json
 from normrepro.paper import Paper, judge, load_paper, rule_text
 from normrepro.stats import format_pm, paired_diff_ci
-from normrepro.stages.plot import figure_paths
+from normrepro.tasks import figure_paths
 from normrepro.summary import SUMMARY_COLUMNS, read_summary, resolve_run_dirs
 from normrepro.tasks.translation.common import METRIC_COLUMNS
 from normrepro.tasks.translation import AVGSTATS_METRICS, SPEC
@@ -371,9 +371,12 @@ def build_report(results: Path, datasets: list[str], paper_path: Path, out: Path
             "edit by hand._", "", "## The claim", "", paper.data["claim"], "",
             f"Source: {meta['authors']}, *{meta['title']}*, {meta['venue']}, arXiv:{meta['arxiv']} ({meta['url']}); "
             f"code {meta['code']}.", "",
-            f"Paper's numbers ({numbers['label']}, {paper.metric.definition or paper.metric.label}):", "",
-            rp.markdown_table([{"arm": a["name"], "BLEU": a["mean"], "note": a["note"]}
-                               for a in numbers["arms"]], digits=1), ""]
+            *([f"Paper's numbers ({numbers['label']}, {paper.metric.definition or paper.metric.label}):", "",
+               rp.markdown_table([{"arm": a["name"], "BLEU": a["mean"], "note": a["note"]}
+                                  for a in numbers["arms"]], digits=1), ""]
+              if numbers["arms"] else
+              [f"Paper's numbers: none ({numbers['label']}; {numbers['source']}). Every number below "
+               "is ours.", ""])]
     sections, infos = [], []
     for ds in datasets:
         text, info = dataset_section(results / ds, paper, out, figures_dir)
