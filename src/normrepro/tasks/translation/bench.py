@@ -14,7 +14,10 @@ updates only (start-up, data loading of the first batches and lazy compilation e
 
 On a GPU both use bf16 (Lightning `bf16-mixed`, fairseq `--bf16`); on CPU fp32 with the same
 thread count (`trainer.threads`; fairseq gets it as OMP_NUM_THREADS). The ratio is Lightning /
-fairseq; the issue's target is ≥ 1.0.
+fairseq; the issue's target is ≥ 1.0. Both run `--repeats` times (default 3), interleaved with the
+order alternating; the JSON keeps every repeat and reports the medians (`ratio`: the median of
+the repeats' ratios). 40 timed updates once moved the ratio by ±0.05 from run to run, hence 100
+updates and three repeats by default.
 """
 
 from __future__ import annotations
@@ -99,7 +102,10 @@ def _fairseq_tokens_per_s(cfg: dict, data_dir: Path, warmup: int, total: int) ->
     return sum(wps[1:]) / len(wps[1:])
 
 
-def bench(data_dir: Path, repl_dir: Path, profile: str, out: Path, warmup: int, updates: int) -> dict:
+def bench(data_dir: Path, repl_dir: Path, profile: str, out: Path, warmup: int, updates: int,
+          repeats: int = 3) -> dict:
+    import statistics
+
     import torch
 
     from normrepro.config import resolve
@@ -112,8 +118,20 @@ def bench(data_dir: Path, repl_dir: Path, profile: str, out: Path, warmup: int, 
     cfg["trainer"].update(max_updates=total, val_every_updates=None, early_stop_patience=0,
                           resume_every_updates=None, max_epochs=10_000)
     cfg["val_bleu"] = {"sentences": 0}
-    light = _lightning_tokens_per_s(cfg, data_dir, warmup)
-    fair = _fairseq_tokens_per_s(cfg, data_dir, warmup, total)
+    # Repeats interleaved, the order alternating (Lightning first, then fairseq first, ...), so
+    # that a slow spell of the machine does not fall on one side only; medians reported.
+    lights, fairs = [], []
+    for k in range(repeats):
+        order = ("lightning", "fairseq") if k % 2 == 0 else ("fairseq", "lightning")
+        for side in order:
+            if side == "lightning":
+                lights.append(_lightning_tokens_per_s(cfg, data_dir, warmup))
+            else:
+                fairs.append(_fairseq_tokens_per_s(cfg, data_dir, warmup, total))
+        print(f"[bench] repeat {k + 1}/{repeats}: Lightning {lights[-1]:.0f}, fairseq-train "
+              f"{fairs[-1]:.0f} target tokens/s ({lights[-1] / fairs[-1]:.3f})", flush=True)
+    ratios = [a / b for a, b in zip(lights, fairs)]
+    light, fair = statistics.median(lights), statistics.median(fairs)
     hw = hardware_info()
     result = {"device": hardware_summary(hw), "profile": profile, "data": str(data_dir),
               "model": {k: cfg["model"][k] for k in ("arch", "encoder_layers", "decoder_layers", "encoder_embed_dim",
@@ -121,7 +139,10 @@ def bench(data_dir: Path, repl_dir: Path, profile: str, out: Path, warmup: int, 
               "max_tokens": cfg["data"]["max_tokens"], "warmup_updates": warmup, "updates": updates,
               "precision": "bf16" if torch.cuda.is_available() else "fp32",
               "threads": cfg["trainer"].get("threads"),
-              "lightning_tokens_per_s": light, "fairseq_tokens_per_s": fair, "ratio": light / fair,
+              "repeats": repeats, "lightning_tokens_per_s_each": lights,
+              "fairseq_tokens_per_s_each": fairs, "ratio_each": ratios,
+              "lightning_tokens_per_s": light, "fairseq_tokens_per_s": fair,
+              "ratio": statistics.median(ratios),   # the median of the repeats' ratios
               "target_ratio": 1.0}
     atomic_write_json(out, result)
     return result
@@ -135,11 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repl-dir", type=Path, required=True, help="the replication folder, e.g. replications/powernorm")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--warmup", type=int, default=10, help="untimed updates first (and fairseq's log interval)")
-    parser.add_argument("--updates", type=int, default=40, help="timed updates (a multiple of --warmup)")
+    parser.add_argument("--updates", type=int, default=100, help="timed updates (a multiple of --warmup)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved repeats of both (medians reported)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     quiet_logging()
-    result = bench(args.data, args.repl_dir, args.profile, args.out, args.warmup, args.updates)
+    if args.repeats < 1:
+        raise SystemExit("error: --repeats must be at least 1")
+    result = bench(args.data, args.repl_dir, args.profile, args.out, args.warmup, args.updates,
+                   args.repeats)
     print(json.dumps({k: result[k] for k in ("device", "lightning_tokens_per_s", "fairseq_tokens_per_s", "ratio")}))
     return 0 if math.isfinite(result["ratio"]) else 1
 
