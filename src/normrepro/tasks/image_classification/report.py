@@ -282,7 +282,6 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
                if "train" in d.get("env.json", {})}
     lines = [f"## {dataset}", ""]
     # ---- setting
-    model = cfg["model"]
     train_times = {}
     for d in details:
         t = (d.get("env.json") or {}).get("train", {}).get("train_time_s")
@@ -343,9 +342,12 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
               rp.markdown_table(runs, {"arm": "arm", "seed": "seed", "status": "status",
                                        "test_top1": "top-1 (%)", "test_top5": "top-5 (%)"}), ""]
     # ---- verdict
-    variants = sorted({d["config.yaml"]["model"]["variant"] for d in details if "config.yaml" in d})
-    patch = "patch" if any(v.startswith("vit_") for v in variants) else "stem patch"
-    regime = (f"{dataset}, timm {' and '.join(f'`{v}`' for v in variants)} ({patch} {model.get('patch_size')}), "
+    # every architecture of the arms with its own patch size (ViT: patch, ConvNeXt: stem patch)
+    models = sorted({(m["variant"], m.get("patch_size")) for m in
+                     (d["config.yaml"]["model"] for d in details if "config.yaml" in d)})
+    regime = (f"{dataset}, timm " + " and ".join(
+                  f"`{v}` ({'patch' if v.startswith('vit_') else 'stem patch'} {p})" for v, p in models)
+              + ", "
               f"{split_sizes.get('train', 'n/a')} training images, "
               f"{cfg['trainer']['max_epochs']} epochs, profile `{cfg.get('profile', 'n/a')}`")
     info = {"dataset": dataset, "regime": regime}
@@ -374,8 +376,7 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
         lines += ["### Figures", ""]
         for stem, alt in present:
             lines += [rp.figure_line(stem.with_name(stem.name + ".png"), report_path, alt), ""]
-    per_arm_lrs = any(get_key(c, "optim.lr", None) is not None for c in configs) and \
-        len({get_key(c, "optim.lr", None) for c in configs}) > 1
+    per_arm_lrs = len({get_key(c, "optim.lr", None) for c in configs}) > 1   # arms' own lrs
     lines += sweep_section(ds_dir / "sweep", report_path, arm_lrs, per_arm_lrs)
     # ---- deviations
     lines += ["### Deviations from the paper's setup", ""]

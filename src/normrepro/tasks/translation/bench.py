@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from normrepro.errors import cli
+from normrepro.errors import UserError, cli
 from normrepro.io import atomic_write_json
 from normrepro.tasks.translation.common import quiet_logging
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_logging()
     if args.repeats < 1:
-        raise SystemExit("error: --repeats must be at least 1")
+        raise UserError(f"--repeats {args.repeats}: give at least 1")
     result = bench(args.data, args.repl_dir, args.profile, args.out, args.warmup, args.updates,
                    args.repeats)
     print(json.dumps({k: result[k] for k in ("device", "lightning_tokens_per_s", "fairseq_tokens_per_s", "ratio")}))

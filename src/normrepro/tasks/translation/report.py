@@ -119,7 +119,7 @@ def _deviations(paper: dict, cfg: dict, data_name: str, manifest: dict, details:
         ours = get_key(cfg, key, None)
         if ours != theirs:
             out.append(f"`{key}`: paper {theirs!r}, ours {ours!r}")
-    if get_key(cfg, "data.dataset") != "iwslt14":
+    if get_key(cfg, "data.dataset", None) != "iwslt14":
         out.append(f"data: {data_name} (Bible verses, Elberfelder 1905 → World English Bible), not IWSLT14 TED "
                    "talks; absolute BLEU is not comparable with the paper, the differences between arms are")
     t = cfg["trainer"]
@@ -177,7 +177,7 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
 
     lines = [f"## {data_name}", "", "### Our setting", ""]
     lines += [
-        f"- **Data**: `{get_key(cfg, 'data.dataset')}` prepared as `{data_name}`: {stats.get('train.sentences', 'n/a')} "
+        f"- **Data**: `{get_key(cfg, 'data.dataset', None)}` prepared as `{data_name}`: {stats.get('train.sentences', 'n/a')} "
         f"training / {stats.get('valid.sentences', 'n/a')} validation / {stats.get('test.sentences', 'n/a')} test "
         f"sentence pairs, {stats.get('train.en.bpe_tokens', 'n/a')} target tokens per epoch, joint BPE "
         f"{(manifest.get('options') or {}).get('bpe_size', 'n/a')} merges (lowercased Moses tokens). "
@@ -241,7 +241,7 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
     if rel:
         lines += [f"The released {paper.label(rel['arm'])} checkpoint scores {rel['mean']} ({rel['source']}).", ""]
     # ---- verdicts
-    info = {"data_name": data_name, "dataset": get_key(cfg, "data.dataset"), "profile": cfg.get("profile"),
+    info = {"data_name": data_name, "dataset": get_key(cfg, "data.dataset", None), "profile": cfg.get("profile"),
             "seeds": sorted({s for v in seeds.values() for s in v}), "arms": list(seeds)}
     claim_text, info["verdicts"] = rp.claim_lines(paper, tok, numbers)
     lines += ["### Verdict per claim", ""] + claim_text
