@@ -108,21 +108,23 @@ def _pn_fwd(x, pad_mask, weight, bias, running_phi, t, *, eps: float, alpha_fwd:
     # Masked quadratic mean; with no real token, fall back on the running value (no information).
     psi_b = torch.where(n_real > 0, _colsum(xs * xs * m1) / n_real.clamp_min(1.0), running_phi)
     phi_used = torch.where(t <= warmup_iters, psi_b, running_phi)
-    y = xs * torch.rsqrt(phi_used + eps) * weight + bias
+    # The per-channel factors 1/√(φ + ε) are kernel outputs, so buffers: inline, their square
+    # roots would be recomputed for every 16 floats of every row (in the backward too).
+    inv_phi, inv_psi = torch.rsqrt(phi_used + eps), torch.rsqrt(psi_b + eps)
+    y = xs * inv_phi * weight + bias
     # Running statistic: cumulative average during warm-up, then (no `else`, as upstream) the EMA.
     tf = t.to(x.dtype)
     rp = torch.where(t < warmup_iters, running_phi * (tf - 1) / tf + psi_b / tf, running_phi)
     rp = alpha_fwd * rp + (1 - alpha_fwd) * psi_b
-    return y, m1, r, psi_b, phi_used, rp
+    return y, m1, r, inv_psi, inv_phi, rp
 
 
-def _pn_bwd(gy, x, r, psi_b, phi_used, weight, ema_gz, *, eps: float, alpha_bkw: float,
-            group_num: int):
+def _pn_bwd(gy, x, r, inv_psi, inv_phi, weight, ema_gz, *, alpha_bkw: float, group_num: int):
     N, C = x.shape
     K = C // group_num
     xsv = x.reshape(N, group_num, K) * r
     xs = xsv.reshape(N, C)
-    z = xs * torch.rsqrt(phi_used + eps)
+    z = xs * inv_phi
     gweight = _colsum(gy * z)
     gbias = _colsum(gy)
     # approx = g − ν z with g = gy·w and ν = (1 − α_bkw)·ema_gz from before this step
@@ -130,7 +132,7 @@ def _pn_bwd(gy, x, r, psi_b, phi_used, weight, ema_gz, *, eps: float, alpha_bkw:
     # ema_gz += mean over all N positions (padding included, as upstream) of approx·z
     new_ema = ema_gz + _colsum(approx * z) / N
     # divided by the *batch* statistic, as upstream
-    gxs = (approx * torch.rsqrt(psi_b + eps)).reshape(N, group_num, K)
+    gxs = (approx * inv_psi).reshape(N, group_num, K)
     # GroupScaling backward: dx = r · (gxs − xs · mean_group(gxs·xs))
     gx = ((gxs - xsv * (gxs * xsv).mean(-1, keepdim=True)) * r).reshape(N, C)
     return gx, gweight, gbias, new_ema
@@ -150,22 +152,22 @@ class _PowerNormFn(torch.autograd.Function):
     def forward(ctx, x, pad_mask, weight, bias, running_phi, ema_gz, t, eps, alpha_fwd,
                 alpha_bkw, warmup_iters, group_num):
         with _no_autocast(x.device.type):
-            y, _, r, psi_b, phi_used, rp = _PN_FWD(
+            y, _, r, inv_psi, inv_phi, rp = _PN_FWD(
                 x, pad_mask, weight, bias, running_phi, t, eps=eps, alpha_fwd=alpha_fwd,
                 group_num=group_num, warmup_iters=warmup_iters)
         running_phi.copy_(rp)
-        ctx.save_for_backward(x, r, psi_b, phi_used, weight, ema_gz)
-        ctx.consts = (eps, alpha_bkw, group_num)
+        ctx.save_for_backward(x, r, inv_psi, inv_phi, weight, ema_gz)
+        ctx.consts = (alpha_bkw, group_num)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, r, psi_b, phi_used, weight, ema_gz = ctx.saved_tensors
-        eps, alpha_bkw, group_num = ctx.consts
+        x, r, inv_psi, inv_phi, weight, ema_gz = ctx.saved_tensors
+        alpha_bkw, group_num = ctx.consts
         with _no_autocast(gy.device.type):
             gx, gweight, gbias, new_ema = _PN_BWD(
-                gy.contiguous(), x, r, psi_b, phi_used, weight, ema_gz, eps=eps,
-                alpha_bkw=alpha_bkw, group_num=group_num)
+                gy.contiguous(), x, r, inv_psi, inv_phi, weight, ema_gz, alpha_bkw=alpha_bkw,
+                group_num=group_num)
         ema_gz.copy_(new_ema)
         return (gx, None, gweight if ctx.needs_input_grad[2] else None,
                 gbias if ctx.needs_input_grad[3] else None) + (None,) * 8
