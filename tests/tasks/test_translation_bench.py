@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from normrepro.tasks.translation import bench
 
 REPL = Path(__file__).resolve().parents[2] / "replications" / "powernorm"
@@ -26,3 +28,26 @@ def test_repeats_alternate_and_report_medians(tmp_path, monkeypatch):
     assert result["ratio"] == 1.0                       # the median of the ratios
     assert result["lightning_tokens_per_s"] == 200.0 and result["fairseq_tokens_per_s"] == 100.0
     assert json.loads(out.read_text())["repeats"] == 3
+
+
+def test_lightning_rates_are_per_interval_like_fairseq_wps():
+    # Intervals of 2 updates; the first timed update starts at t=10. Update ends at 11, 12 (closes
+    # interval 1: 300 tokens / 2 s), 13, 15 (closes interval 2: 300 tokens / 3 s); the open third
+    # interval (one update) is not counted, as fairseq logs only complete intervals.
+    r = bench.IntervalRates(2)
+    r.update_end(2, 5.0)                 # before start: ignored
+    r.start(10.0)
+    for k, (tok, t) in enumerate([(100, 11.0), (200, 12.0), (150, 13.0), (150, 15.0), (999, 16.0)], 1):
+        r.tokens(tok)
+        r.update_end(k, t)
+    assert r.rates == [150.0, 100.0]
+    assert r.mean() == 125.0             # the mean of the rates (fairseq's mean of `wps`)
+
+
+def test_no_complete_interval_is_an_error():
+    r = bench.IntervalRates(10)
+    r.start(0.0)
+    r.tokens(5)
+    r.update_end(3, 1.0)
+    with pytest.raises(RuntimeError, match="no complete interval"):
+        r.mean()

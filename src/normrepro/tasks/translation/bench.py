@@ -7,10 +7,13 @@ Both train the profile's `ln` model on the profile's data for `--warmup` + `--up
 with validation off, each in its own process, and report target tokens per second over the timed
 updates only (start-up, data loading of the first batches and lazy compilation excluded):
 
-* Lightning: a callback timestamps the start of update `warmup` and the end of the last one and
-  sums the timed batches' target tokens;
 * fairseq: `--log-interval warmup`, the mean of the `wps` (target tokens/s) of the log lines after
-  the first (each covers `warmup` updates of wall time, data loading included).
+  the first (each covers `warmup` updates of wall time, data loading included);
+* Lightning, measured the same way: a callback starts a clock at the start of update `warmup`,
+  and at the end of every `warmup`-th update after it takes the interval's target tokens / wall
+  time; the mean of those interval rates. (Until 2026-12-07 it took all timed tokens / the time
+  to the end of `fit`, which also counted Lightning's end-of-training hooks, a cost that fairseq's
+  log lines leave out.)
 
 On a GPU both use bf16 (Lightning `bf16-mixed`, fairseq `--bf16`); on CPU fp32 with the same
 thread count (`trainer.threads`; fairseq gets it as OMP_NUM_THREADS). The ratio is Lightning /
@@ -39,32 +42,63 @@ from normrepro.io import atomic_write_json
 from normrepro.tasks.translation.common import quiet_logging
 
 
+class IntervalRates:
+    """Tokens per second over consecutive intervals of `every` updates, as fairseq's `wps`.
+
+    `start(t)` at the start of the first timed update; `tokens(n)` for each timed batch;
+    `update_end(k, t)` after the k-th timed update (1-based) closes an interval when k is a
+    multiple of `every`. `mean()` is the mean of the closed intervals' rates.
+    """
+
+    def __init__(self, every: int):
+        self.every, self.rates = int(every), []
+        self._t = None
+        self._n = 0
+
+    def start(self, t: float) -> None:
+        self._t, self._n = t, 0
+
+    def tokens(self, n: int) -> None:
+        self._n += int(n)
+
+    def update_end(self, k: int, t: float) -> None:
+        if self._t is None or k % self.every:
+            return
+        self.rates.append(self._n / max(t - self._t, 1e-12))
+        self._t, self._n = t, 0
+
+    def mean(self) -> float:
+        if not self.rates:
+            raise RuntimeError(f"no complete interval of {self.every} timed updates")
+        return sum(self.rates) / len(self.rates)
+
+
 def _lightning_tokens_per_s(cfg: dict, data_dir: Path, warmup: int) -> float:
     import lightning as L
+    import torch
 
     from normrepro.tasks.translation.train import build
 
+    def now(trainer) -> float:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     class Timer(L.Callback):
         def __init__(self):
-            self.t0 = self.t1 = None
-            self.tokens = 0
+            self.rates = IntervalRates(warmup)
+            self.started = False
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == warmup and self.t0 is None:
-                if trainer.strategy.root_device.type == "cuda":
-                    import torch
+            if trainer.global_step == warmup and not self.started:
+                self.started = True
+                self.rates.start(now(trainer))
+            if self.started:
+                self.rates.tokens(int(batch["ntokens"]))
 
-                    torch.cuda.synchronize()
-                self.t0 = time.perf_counter()
-            if self.t0 is not None:
-                self.tokens += int(batch["ntokens"])
-
-        def on_train_end(self, trainer, pl_module):
-            if trainer.strategy.root_device.type == "cuda":
-                import torch
-
-                torch.cuda.synchronize()
-            self.t1 = time.perf_counter()
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.started:
+                self.rates.update_end(trainer.global_step - warmup, now(trainer))
 
     from normrepro.tasks.translation.common import set_threads
 
@@ -76,7 +110,7 @@ def _lightning_tokens_per_s(cfg: dict, data_dir: Path, warmup: int) -> float:
         timer = Timer()
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=dm)
-    return timer.tokens / (timer.t1 - timer.t0)
+    return timer.rates.mean()
 
 
 def _fairseq_tokens_per_s(cfg: dict, data_dir: Path, warmup: int, total: int) -> float:
