@@ -36,6 +36,7 @@ def test_lightning_rates_are_per_interval_like_fairseq_wps():
     # interval (one update) is not counted, as fairseq logs only complete intervals.
     r = bench.IntervalRates(2)
     r.update_end(2, 5.0)                 # before start: ignored
+    assert not r.started
     r.start(10.0)
     for k, (tok, t) in enumerate([(100, 11.0), (200, 12.0), (150, 13.0), (150, 15.0), (999, 16.0)], 1):
         r.tokens(tok)

@@ -55,6 +55,10 @@ class IntervalRates:
         self._t = None
         self._n = 0
 
+    @property
+    def started(self) -> bool:
+        return self._t is not None
+
     def start(self, t: float) -> None:
         self._t, self._n = t, 0
 
@@ -62,7 +66,7 @@ class IntervalRates:
         self._n += int(n)
 
     def update_end(self, k: int, t: float) -> None:
-        if self._t is None or k % self.every:
+        if not self.started or k % self.every:
             return
         self.rates.append(self._n / max(t - self._t, 1e-12))
         self._t, self._n = t, 0
@@ -87,17 +91,15 @@ def _lightning_tokens_per_s(cfg: dict, data_dir: Path, warmup: int) -> float:
     class Timer(L.Callback):
         def __init__(self):
             self.rates = IntervalRates(warmup)
-            self.started = False
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == warmup and not self.started:
-                self.started = True
+            if trainer.global_step == warmup and not self.rates.started:
                 self.rates.start(now(trainer))
-            if self.started:
+            if self.rates.started:
                 self.rates.tokens(int(batch["ntokens"]))
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if self.started:
+            if self.rates.started:
                 self.rates.update_end(trainer.global_step - warmup, now(trainer))
 
     from normrepro.tasks.translation.common import set_threads
