@@ -25,8 +25,7 @@
 # DATASET=, ARMS=, SEEDS=, SET= and every run config, stops at the first problem with one line,
 # then locks results/<name>/<profile>/, writes the run configs and a plan (the R_* variables of the
 # command, and the task's data variables IC_*/TR_*) and runs the private goal in a sub-make.
-# Goals beyond `replicate` are the task's: sweep and bench (image classification), crosscheck
-# and bench (translation).
+# Goals beyond `replicate`: sweep (every task, below), bench (every task), crosscheck (translation).
 
 # The replications made by these rules: every folder with a base.yaml, except those that bring
 # their own pipeline.mk (insights).
@@ -37,16 +36,26 @@ task_of = $(shell sed -n 's/^task: *\([a-z_]*\).*/\1/p' replications/$(1)/base.y
 
 # Each task's goals besides replicate (normrepro.plan.GOALS says the same), for `make help`.
 TASK_GOALS_image_classification := sweep bench
-TASK_GOALS_translation := crosscheck bench
+TASK_GOALS_translation := sweep crosscheck bench
 TASK_GOAL_HELP_sweep := per-arm lr grid on held-out data + a longer check -> results/<name>/<profile>/<data>/sweep/
 TASK_GOAL_HELP_bench := training throughput per arm -> results/bench/<name>-<profile>.json
 TASK_GOAL_HELP_crosscheck := arm ln, fairseq-train vs Lightning on the same data and seed -> crosscheck.json
 
 .PHONY: $(REPLICATE_TARGETS) _replicate _force
 
-# replicate-<name>: fetch to report, then the results index (PROFILE DATASET ARMS SEEDS SET).
+# replicate-<name>: fetch to report, then the replications its base.yaml names in
+# `also_replicate` (same PROFILE; e.g. replicate-dyt also runs the text extension dyt_text), then
+# the results index (PROFILE DATASET ARMS SEEDS SET). DATASET/ARMS/SEEDS/SET belong to <name>
+# alone: when one is given, the others are not run (a line says how to run them). The plan checks
+# the others' commands too before anything is written.
+also_of = $(shell $(PLAN) $(1) --also-replicate)
+narrowed = $(strip $(foreach v,DATASET ARMS SEEDS SET,$(call given,$(v))))
 $(REPLICATE_TARGETS): replicate-%: $(SETUP)
 	@$(PLAN) $* --goal replicate $(plan_args) -- $(MAKE) --no-print-directory _replicate
+	@$(foreach o,$(call also_of,$*),$(if $(narrowed),\
+		echo "[$*] not running $(o) (DATASET/ARMS/SEEDS/SET name $*'s runs): make replicate-$(o) PROFILE=$(PROFILE)";,\
+		$(PLAN) $(o) --goal replicate --profile '$(PROFILE)' --what 'make $@ (also_replicate: $(o))' \
+			-- $(MAKE) --no-print-directory _replicate &&)) true
 	@$(MAKE) --no-print-directory report
 
 # <goal>-<name> for the task's other goals (sweep-convnext, bench-powernorm, crosscheck-powernorm):
@@ -89,4 +98,47 @@ $(R_FIG): $(R_RES)/summary.csv $(R_REPL)/paper.yaml
 # R_REPORT_ARGS from mk/tasks/<task>.mk: a sweep, a cross-check, a bench); it never builds them.
 $(R_ROOT)/report.md: $(R_FIG) $(R_RES)/summary.csv $(R_REPL)/paper.yaml $(R_REPORT_DEPS)
 	$(PY) -m normrepro.stages.report --replication $(R_REPL) --results $(R_ROOT) --out $@ $(R_REPORT_ARGS)
+endif
+
+# ---- learning-rate sweep (make sweep-<name>), the same for every task ------------------------
+# Each arm of the profile's `sweep.arms` trained once (seed `sweep.seed`) per lr of `sweep.lrs`,
+# scored on held-out data by the task's score (normrepro.sweep: held-out top-1 for images,
+# validation cross-entropy for translation); then each arm again at its best lr with
+# `sweep.check_epochs_factor` x the training length. Files (normrepro.sweep documents them):
+#   $(R_RES)/sweep/<arm>/lr<lr>/{config.yaml,metrics.csv,$(R_DONE)}   grid runs
+#   $(R_RES)/sweep/grid.csv                                           the chosen lr per arm
+#   $(R_RES)/sweep/<arm>/check/...                                    longer run at the chosen lr
+#   $(R_RES)/sweep/summary.csv, $(R_RES)/sweep/figures/sweep.{png,pdf}
+# The chosen values go into the profile by hand (arm_overrides), never automatically.
+ifneq ($(filter _sweep,$(MAKECMDGOALS)),)
+sw_get = $(shell $(PY) -m normrepro.sweep settings $(R_REPL) --profile $(PROFILE) $(1) $(addprefix --set ,$(SET)))
+SW_RES := $(R_RES)/sweep
+SW_ARMS := $(if $(call given,ARMS),$(ARMS),$(call sw_get,arms))
+SW_LRS := $(call sw_get,lrs)
+SW_RUNS := $(foreach a,$(SW_ARMS),$(foreach l,$(call sw_get,lrs --arm $(a)),$(SW_RES)/$(a)/lr$(l)))
+SW_CHECKS := $(foreach a,$(SW_ARMS),$(SW_RES)/$(a)/check)
+sw_arm = $(word 1,$(subst /, ,$(1)))
+sw_lr = $(patsubst lr%,%,$(word 2,$(subst /, ,$(1))))
+
+.SECONDARY: $(foreach r,$(SW_RUNS) $(SW_CHECKS),$(r)/config.yaml $(r)/$(R_DONE))
+
+_sweep: $(SW_RES)/summary.csv
+	@echo "[$(R_NAME)] sweep: $(SW_RES)/summary.csv, $(SW_RES)/figures/sweep.png (arms: $(SW_ARMS); lrs: $(SW_LRS))"
+
+$(addsuffix /config.yaml,$(SW_RUNS)): $(SW_RES)/%/config.yaml: _force | $(SETUP)
+	@$(PY) -m normrepro.sweep resolve $(R_REPL) --profile $(PROFILE) \
+		--arm $(call sw_arm,$*) --lr $(call sw_lr,$*) $(R_SET) --out $@
+
+$(addsuffix /config.yaml,$(SW_CHECKS)): $(SW_RES)/%/check/config.yaml: $(SW_RES)/grid.csv _force
+	@$(PY) -m normrepro.sweep resolve-check $(R_REPL) --profile $(PROFILE) --arm $* \
+		--grid $< $(R_SET) --out $@
+
+$(addsuffix /$(R_DONE),$(SW_RUNS) $(SW_CHECKS)): %/$(R_DONE): %/config.yaml $(R_TRAIN_DATA)
+	$(PY) -m normrepro.stages.train $(@D)
+
+$(SW_RES)/grid.csv: $(addsuffix /$(R_DONE),$(SW_RUNS))
+	$(PY) -m normrepro.sweep grid --sweep-dir $(SW_RES) --runs $(SW_RUNS)
+
+$(SW_RES)/summary.csv: $(SW_RES)/grid.csv $(addsuffix /$(R_DONE),$(SW_CHECKS))
+	$(PY) -m normrepro.sweep finish --sweep-dir $(SW_RES) --runs $(SW_RUNS) --arms $(SW_ARMS)
 endif

@@ -14,6 +14,7 @@
 #   <run>/final.json                                   evaluate       (beam search, BLEU two ways;
 #                                                                     recomputed statistics primary,
 #                                                                     averaged ones secondary)
+#   results/<name>/<profile>/<data>/sweep/...          sweep          (make sweep-<name>, mk/replication.mk)
 #   results/<name>/<CROSSCHECK_PROFILE>/crosscheck.json crosscheck    (make crosscheck-<name>)
 #   results/bench/<name>-<profile>.json                bench          (make bench-<name>)
 #
@@ -40,6 +41,8 @@ $(TR_DATA)/ood-%/MANIFEST.json: data/processed/$(TR_NAME).%.options.yaml data/ra
 endif
 
 ifeq ($(R_TASK),translation)
+# What a training needs besides its config (the sweep's runs too, mk/replication.mk).
+R_TRAIN_DATA := $(TR_DATA)/MANIFEST.json
 TR_CROSSCHECK := results/$(R_NAME)/$(CROSSCHECK_PROFILE)/crosscheck.json
 TR_BENCH := results/bench/$(R_NAME)-$(PROFILE).json
 TR_CODE := $(addprefix src/normrepro/tasks/translation/,model.py module.py datamodule.py train.py evaluate.py common.py)
@@ -61,9 +64,9 @@ $(R_RES)/%/final.json: $(R_RES)/%/checkpoints/running_stats.pt $(R_RES)/%/checkp
 		$(addsuffix /MANIFEST.json,$(TR_OOD_DIRS))
 	$(PY) -m normrepro.stages.evaluate $(R_RES)/$* --data $(TR_DATA) $(addprefix --ood ,$(TR_OOD_DIRS))
 
-# The report shows the cross-check (CROSSCHECK_PROFILE's, smoke by default) and this profile's
-# bench when they exist.
-R_REPORT_DEPS := $(wildcard $(TR_CROSSCHECK) $(TR_BENCH))
+# The report shows the cross-check (CROSSCHECK_PROFILE's, smoke by default), this profile's
+# bench and its sweep when they exist.
+R_REPORT_DEPS := $(wildcard $(TR_CROSSCHECK) $(TR_BENCH) $(R_RES)/sweep/summary.csv)
 R_REPORT_ARGS := --crosscheck $(TR_CROSSCHECK) --bench $(TR_BENCH)
 
 # Cross-check (arm ln, one seed; smoke data unless CROSSCHECK_PROFILE=cpu): fairseq-train/generate

@@ -37,8 +37,8 @@ import sys
 from pathlib import Path
 
 from normrepro import schema
-from normrepro.config import (ConfigError, arm_path, dump, load_profile, profile_path, resolve, schema_name,
-                              resolve_profile_name)
+from normrepro.config import (ConfigError, arm_path, dump, load_profile, load_yaml, profile_path, resolve,
+                              resolve_profile_name, schema_name)
 from normrepro.errors import DataError, cli
 from normrepro.io import write_if_changed
 from normrepro.lock import FolderLock
@@ -253,7 +253,7 @@ def plan_image_classification(args, overrides: list[str]) -> Plan:
         plan.texts.append((res / "runs.list", "".join(r + "\n" for r in runs)))
         plan.var("R_SEEDS", seeds)
     elif goal == "sweep":
-        from normrepro.tasks.image_classification.sweep import sweep_settings
+        from normrepro.sweep import sweep_settings
 
         sweep_settings(prof)
     if goal in ("replicate", "sweep"):
@@ -325,6 +325,15 @@ def plan_translation(args, overrides: list[str]) -> Plan:
         plan.texts.append((res / "runs.list", "".join(r + "\n" for r in runs)))
         plan.var("R_SEEDS", seeds)
         plan.jobs = int(prof.get("parallel_runs") or 1)
+    elif goal == "sweep":
+        from normrepro.sweep import sweep_settings
+
+        if args.seeds is not None:
+            raise ConfigError("make sweep-<name> takes no SEEDS: it trains `sweep.seed` of the profile")
+        if args.arms is not None:
+            check_arms(repl, _words(args.arms, "ARMS"), "ARMS")
+        sweep_settings(prof)
+        plan.jobs = int(prof.get("parallel_runs") or 1)
     elif args.arms is not None or args.seeds is not None:
         raise ConfigError(f"the {goal} of {args.replication} takes no ARMS/SEEDS")
     _result_vars(plan, args.replication, "translation", root, res, data["TR_NAME"], runs,
@@ -384,11 +393,37 @@ def plan_insights(args, overrides: list[str]) -> Plan:
 PLANNERS = {"image_classification": plan_image_classification, "translation": plan_translation,
             "insights": plan_insights}
 GOALS = {"image_classification": ("replicate", "sweep", "bench"),
-         "translation": ("replicate", "crosscheck", "bench"), "insights": ("replicate",)}
+         "translation": ("replicate", "sweep", "crosscheck", "bench"), "insights": ("replicate",)}
 
 
 def replication_choices() -> list[str]:
     return sorted(p.parent.name for p in REPLICATIONS.glob("*/base.yaml"))
+
+
+def also_replicate(replication: str) -> list[str]:
+    """The replications `make replicate-<replication>` runs after its own pipeline (base.yaml's
+    `also_replicate`, e.g. the DyT images' text extension), each checked to exist."""
+    base = REPLICATIONS / replication / "base.yaml"
+    names = (load_yaml(base) or {}).get("also_replicate") or [] if base.is_file() else []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{base}: also_replicate must be a list of replication names")
+    choices = replication_choices()
+    for name in names:
+        if name not in choices or name == replication:
+            raise ConfigError(f"{base}: also_replicate names {name!r}, which is not another "
+                              f"replication; choose from {', '.join(c for c in choices if c != replication)}")
+    return names
+
+
+def check_also_replicate(args) -> None:
+    """Check the whole command of each `also_replicate` replication (same PROFILE, its own arms,
+    seeds and data) before anything is written. They run only when the command names no
+    DATASET/ARMS/SEEDS/SET, which belong to the named replication alone (mk/replication.mk)."""
+    if any(v not in (None, "") for v in (args.dataset, args.arms, args.seeds, args.set)):
+        return
+    for name in also_replicate(args.replication):
+        companion = argparse.Namespace(**{**vars(args), "replication": name})
+        PLANNERS[schema_name(REPLICATIONS / name)](companion, [])
 
 
 @cli
@@ -409,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", default="", help="SET: space-separated key=value overrides")
     parser.add_argument("--what", default="", help="the command, for the lock holder's note")
     parser.add_argument("--check", action="store_true", help="check only: write and run nothing")
+    parser.add_argument("--also-replicate", action="store_true",
+                        help="print the replications base.yaml's also_replicate names, and stop")
     args = parser.parse_args(argv)
     choices = replication_choices()
     if args.replication not in choices:
@@ -416,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"no replication {args.replication!r} under {REPLICATIONS}; "
                           + (f"did you mean {close[0]!r}? " if close else "")
                           + f"choose from {', '.join(choices)}")
+    if args.also_replicate:
+        print(" ".join(also_replicate(args.replication)))
+        return 0
     kind = schema_name(REPLICATIONS / args.replication)
     if args.goal not in GOALS[kind]:
         raise ConfigError(f"goal {args.goal!r} does not exist for {args.replication}; "
@@ -428,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         if "=" not in item:
             raise ConfigError(f"SET item {item!r} must look like key.sub=value")
     plan = PLANNERS[kind](args, overrides)
+    if args.goal == "replicate":
+        check_also_replicate(args)
     if args.check:
         return 0
     what = args.what or f"make {args.goal}-{args.replication}"

@@ -199,7 +199,7 @@ class ImageClassificationConfig:
     model: CxModel
     optim: CxOptim
     trainer: CxTrainer
-    sweep: dict[str, Any]          # make sweep-convnext's settings (normrepro.tasks.image_classification.sweep)
+    sweep: dict[str, Any]          # make sweep-<name>'s settings (normrepro.sweep)
     sweep_role: str                # set on the sweep's own run configs
     arm_overrides: dict[str, Any]  # profile only: `<arm>: {partial config}`, checked per arm
     parallel_runs: PosInt          # runs (train/evaluate) make runs at once (the plan's -j)
@@ -208,6 +208,7 @@ class ImageClassificationConfig:
     seed: NonNegInt
     replication: str
     insights: dict[str, Any]       # an insights run built on this replication
+    also_replicate: list[str]      # base.yaml: replications `make replicate-<name>` runs after it
 
 
 # Config keys that do not change what training produces (a change retrains nothing; evaluation
@@ -215,9 +216,9 @@ class ImageClassificationConfig:
 # `report` is no config section any more (a claim's margin lives in paper.yaml); it stays listed
 # so that a run folder whose config.yaml still has one compares equal to the same run without.
 NOT_TRAINING = {
-    "image_classification": ("task", "report", "arms", "seeds", "sweep", "parallel_runs", "trainer.print_epochs",
+    "image_classification": ("task", "report", "arms", "seeds", "sweep", "also_replicate", "parallel_runs", "trainer.print_epochs",
                  "trainer.progress_bar"),
-    "translation": ("task", "eval", "report", "arms", "seeds", "ood", "prepare", "parallel_runs",
+    "translation": ("task", "eval", "report", "arms", "seeds", "sweep", "also_replicate", "ood", "prepare", "parallel_runs",
                   "trainer.progress_bar"),
 }
 
@@ -354,12 +355,15 @@ class TranslationConfig:
     trainer: PnTrainer
     val_bleu: PnValBleu
     eval: PnEval
+    sweep: dict[str, Any]          # make sweep-<name>'s settings (normrepro.sweep)
+    sweep_role: str                # set on the sweep's own run configs
     arm_overrides: dict[str, Any]
     profile: str
     arm: str
     seed: NonNegInt
     replication: str
     insights: dict[str, Any]
+    also_replicate: list[str]      # base.yaml: replications `make replicate-<name>` runs after it
 
 
 TRANSLATION_REQUIRED = ("seed", "data.dataset", "model.arch", "model.encoder_norm", "model.decoder_norm",

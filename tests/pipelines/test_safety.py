@@ -36,7 +36,7 @@ PN = ROOT / "replications" / "powernorm"
 @pytest.mark.parametrize("override, message", [
     ("optim.base_lr=abc", r"SET 'optim.base_lr=abc': optim.base_lr: 'abc' is not a number"),
     ("optim.base_lrr=1", r"unknown key 'optim.base_lrr'; did you mean optim.base_lr\?"),
-    ("no.such.key=1", r"unknown key 'no'; valid keys: arm, "),
+    ("no.such.key=1", r"unknown key 'no'; valid keys: also_replicate, arm, "),
     ("model.norm=layr2d", r"model.norm: 'layr2d' is not an image norm .* did you mean 'layer2d'"),
     ("data.dataset=bible-de-en", r"'bible-de-en' is not an image data set"),
     ("trainer.max_epochs=2.5", r"trainer.max_epochs: 2.5 is not an integer"),

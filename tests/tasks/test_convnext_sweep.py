@@ -21,7 +21,7 @@ from torch import nn
 from normrepro import stats
 from normrepro.config import ConfigError, load_profile, resolve
 from normrepro.tasks.image_classification import report as cxreport
-from normrepro.tasks.image_classification import sweep
+from normrepro import sweep
 from normrepro.tasks.image_classification.data import build_image_transform
 from normrepro.tasks.image_classification.metrics import write_metrics_csv
 from normrepro.tasks.image_classification.model import (TOEPLITZ_MAX_PIXELS, PatchConv2d, PointwiseConv2d,
@@ -169,6 +169,7 @@ def _grid_run(root: Path, arm: str, lr: float, val: list[float], status: str = "
               test_top1: float | None = None) -> Path:
     run = root / arm / f"lr{lr!r}"
     run.mkdir(parents=True)
+    (run / "config.yaml").write_text("task: image_classification\n")  # (the task scores the run)
     write_metrics_csv(run / "metrics.csv", [
         {"epoch": e + 1, "step": 10 * (e + 1), "train_loss": 1.0, "val_loss": 0.5,
          "val_top1": v, "val_top5": 99.0, "lr": lr, "epoch_time_s": 1.0, "train_time_s": 1.0,
@@ -205,6 +206,7 @@ def test_check_run_gain_is_measured_against_the_chosen_grid_run(tmp_path):
     runs = [_grid_run(tmp_path, "ln", 1e-3, [80.0, 88.0]), _grid_run(tmp_path, "ln", 2e-3, [80.0, 87.0])]
     check = tmp_path / "ln" / "check"
     check.mkdir()
+    (check / "config.yaml").write_text("task: image_classification\n")
     write_metrics_csv(check / "metrics.csv", [
         {"epoch": e, "step": e, "train_loss": 1.0, "val_loss": 0.5, "val_top1": v,
          "val_top5": 99.0, "lr": 1e-3, "epoch_time_s": 1.0, "train_time_s": 1.0,
@@ -383,7 +385,7 @@ def test_the_report_says_when_the_chosen_lr_is_on_the_grid_edge(tmp_path):
     runs = [_grid_run(tmp_path, "bn", lr, [80.0, v]) for lr, v in ((1e-3, 88.0), (2e-3, 89.0))]
     runs += [_grid_run(tmp_path, "ln", lr, [80.0, v]) for lr, v in ((1e-3, 88.0), (2e-3, 87.0),
                                                                      (4e-3, 86.0))]
-    (runs[1] / "config.yaml").write_text("data: {val_size: 5000}\n", encoding="utf-8")
+    (runs[1] / "config.yaml").write_text("task: image_classification\ndata: {val_size: 5000}\n", encoding="utf-8")
     sweep.finish(tmp_path, runs, ["bn", "ln"])
     text = "\n".join(report.sweep_section(tmp_path, tmp_path / "report.md", {}))
     assert "bn: the chosen lr 0.002 is the grid's largest" in text

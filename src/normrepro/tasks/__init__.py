@@ -13,6 +13,29 @@ from typing import Callable
 
 
 @dataclass(frozen=True)
+class SweepSpec:
+    """How a task's sweep scores a run and lengthens its check (`TaskSpec.sweep`).
+
+    score: the metrics.csv column that decides (held-out data only); score_label its meaning.
+    higher_is_better: direction of the score.
+    extra: more metrics.csv columns recorded next to it in grid.csv.
+    length_key: the `trainer.<key>` the check multiplies; length_name its grid/summary column.
+    done_length: key of the done-marker's training record holding the completed length.
+    done_time: key of the done-marker's training record holding the training wall time (s).
+    done_section: the done-marker's section holding that record ("" = top level).
+    """
+    score: str
+    score_label: str
+    higher_is_better: bool
+    extra: tuple[str, ...]
+    length_key: str
+    length_name: str
+    done_length: str
+    done_time: str
+    done_section: str = ""
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """What differs between tasks in the shared stages.
 
@@ -24,6 +47,8 @@ class TaskSpec:
     report_extras: optional inputs the task's report reads (e.g. `bench`, `crosscheck`).
     done_marker: the file a finished training writes last in its run folder (the make target of
         the train stage, mk/tasks/<task>.mk).
+    sweep: how `make sweep-<name>` scores a run on held-out data and lengthens its check
+        (SweepSpec, normrepro.sweep); None: the task has no sweep.
     """
     summary_metrics: Callable[[list[Path]], list[str]]
     curve_x: str
@@ -32,6 +57,7 @@ class TaskSpec:
     figures: dict[str, str]
     done_marker: str
     report_extras: tuple[str, ...] = field(default_factory=tuple)
+    sweep: SweepSpec | None = None
 
 
 def figure_paths(task_spec: TaskSpec, out_dir: str | Path, data_name: str) -> dict[str, Path]:

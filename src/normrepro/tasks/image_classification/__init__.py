@@ -11,7 +11,7 @@ and speed benchmark. The ConvNeXt and DyT replications (`replications/convnext/`
 from pathlib import Path
 
 from normrepro.errors import UserError
-from normrepro.tasks import TaskSpec
+from normrepro.tasks import SweepSpec, TaskSpec
 
 METRICS = ("test_top1", "test_top5")  # keys of final.json (normrepro.tasks.image_classification.evaluate)
 
@@ -37,4 +37,8 @@ SPEC = TaskSpec(
                   "val_top1": "held-out top-1 (%)", "val_loss": "held-out loss"},
     figures={"curves": "learning-curves", "final": "final-top1", "ours-vs-paper": "ours-vs-paper"},
     done_marker="env.json",
+    sweep=SweepSpec(score="val_top1", score_label="held-out top-1 (%) after the last epoch",
+                    higher_is_better=True, extra=("val_loss", "train_loss"), length_key="max_epochs",
+                    length_name="epochs", done_length="epochs_completed", done_time="train_time_s",
+                    done_section="train"),
 )

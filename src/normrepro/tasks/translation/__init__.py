@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from normrepro.tasks import TaskSpec
+from normrepro.tasks import SweepSpec, TaskSpec
 
 def data_dir(cfg: dict) -> Path:
     """The prepared data folder a run config reads: data/processed/<data.dataset>[-<data.variant>]."""
@@ -66,4 +66,9 @@ SPEC = TaskSpec(
     figures={"curves": "curves", "final": "final-bleu", "ours-vs-paper": "ours-vs-paper"},
     done_marker="train.json",
     report_extras=("bench", "crosscheck"),
+    sweep=SweepSpec(score="val_nll_loss",
+                    score_label="validation cross-entropy at the last update (bits/token, no label smoothing)",
+                    higher_is_better=False, extra=("val_loss", "val_bleu", "train_loss"),
+                    length_key="max_updates", length_name="updates", done_length="updates",
+                    done_time="wall_time_s"),
 )

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from normrepro import report as rp
+from normrepro import sweep
 from normrepro.config import get_key, load_yaml
 from normrepro.io import read_json
 from normrepro.paper import Paper, judge, load_paper, rule_text
@@ -113,6 +114,14 @@ def _arms_text(configs: dict) -> str:
     return "; ".join(parts)
 
 
+def _lrs_text(configs: dict) -> str:
+    """The peak lr, or each arm's where they differ (chosen per arm by a sweep)."""
+    lrs = {arm: float(c["optim"]["lr"]) for arm, c in configs.items()}
+    if len(set(lrs.values())) == 1:
+        return f"{next(iter(lrs.values())):g}"
+    return "per arm (" + ", ".join(f"{arm} {lr:g}" for arm, lr in lrs.items()) + ")"
+
+
 def _deviations(paper: dict, cfg: dict, data_name: str, manifest: dict, details: list = ()) -> list[str]:
     out = []
     for key, theirs in (paper.get("setup") or {}).items():
@@ -189,7 +198,7 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
         f"{', '.join(f'{p:,}' for p in params) or 'n/a'} parameters. Arms: {_arms_text(configs)}.",
         f"- **Training**: {', '.join(map(str, updates)) or 'n/a'} updates "
         f"({', '.join(f'{e:g}' for e in epochs) or 'n/a'} epochs) of ≤ {cfg['data']['max_tokens']} tokens, "
-        f"Adam(0.9, 0.98), lr {o['lr']:g} with inverse-sqrt decay after {o['warmup_updates']} warm-up updates "
+        f"Adam(0.9, 0.98), lr {_lrs_text(configs)} with inverse-sqrt decay after {o['warmup_updates']} warm-up updates "
         f"(PowerNorm warm-up the same), weight decay {o['weight_decay']:g}, label smoothing {o['label_smoothing']}, "
         f"clip-norm {o.get('clip_norm')}; checkpoint = average of the last {t.get('keep_snapshots')} snapshots.",
         f"- **Evaluation**: beam {cfg['eval']['beam']}, length penalty {cfg['eval']['lenpen']}, every test "
@@ -264,6 +273,8 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
         lines += ["### Figures", ""]
         for stem, alt in present:
             lines += [rp.figure_line(stem.with_name(stem.name + ".png"), report_path, alt), ""]
+    lines += sweep.report_lines(ds_dir / "sweep", report_path,
+                                {arm: c["optim"]["lr"] for arm, c in configs.items()})
     lines += ["### Deviations from the paper", ""] + [f"- {x}" for x in _deviations(paper.data, cfg, data_name, manifest, details)] + [""]
     return "\n".join(lines), info
 
