@@ -60,3 +60,21 @@ def test_readme_quotes_the_numbers_of_paper_yaml():
         arms = paper.data["results"][regime]["arms"]
         assert f"{vit} {arms['vit_ln']['mean']} → {arms['vit_dyt']['mean']}" in readme
         assert f"{convnext} {arms['convnext_ln']['mean']} → {arms['convnext_dyt']['mean']}" in readme
+
+
+def test_the_report_names_runs_that_collapsed_to_chance_level():
+    """A run that trained to the end without a NaN but scores at chance is named, with why its
+    arm's interval is wide (not "more seeds")."""
+    import pandas as pd
+
+    from normrepro.tasks.image_classification import report
+
+    runs = pd.DataFrame([{"arm": "vit_dyt", "seed": 2, "status": "ok", "test_top1": 10.0},
+                         {"arm": "vit_dyt", "seed": 0, "status": "ok", "test_top1": 75.4},
+                         {"arm": "vit_ln", "seed": 1, "status": "diverged", "test_top1": float("nan")},
+                         {"arm": "vit_ln", "seed": 0, "status": "ok", "test_top1": 19.99}])
+    assert report.at_chance_runs(runs, 10) == ["vit_dyt seed 2 (10.00 %)", "vit_ln seed 0 (19.99 %)"]
+    assert report.at_chance_runs(runs, 100) == []
+    text = report._at_chance_text(report.at_chance_runs(runs, 10), 10)
+    assert "below twice chance, 20 % for 10 classes" in text and "not counted as diverged" in text
+    assert report._at_chance_text([], 10) == ""

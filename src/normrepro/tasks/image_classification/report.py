@@ -223,6 +223,24 @@ def sweep_section(sweep_dir: Path, report_path: Path, arm_lrs: dict[str, float],
     return lines
 
 
+def at_chance_runs(runs: pd.DataFrame, num_classes: int) -> list[str]:
+    """Finished runs whose test top-1 is below twice chance (2 x 100 / classes %): trained to the
+    end without a NaN (so not `diverged`) but collapsed; "<arm> seed <k> (<top-1> %)" each."""
+    limit = 2 * 100.0 / num_classes
+    ok = runs[(runs["status"] == "ok") & (pd.to_numeric(runs["test_top1"], errors="coerce") < limit)]
+    return [f"{r.arm} seed {r.seed} ({float(r.test_top1):.2f} %)" for r in ok.itertuples()]
+
+
+def _at_chance_text(collapsed: list[str], num_classes: int) -> str:
+    if not collapsed:
+        return ""
+    return (f"**At chance level** (test top-1 below twice chance, {2 * 100.0 / num_classes:g} % "
+            f"for {num_classes} classes): {', '.join(collapsed)}. Such a run trained to the end "
+            "without a NaN, so it is not counted as diverged, but it learned nothing usable (its "
+            "held-out curve is in its metrics.csv); it enters its arm's mean like any finished run, "
+            "so that arm's interval is wide because of it, not for lack of seeds.")
+
+
 def _architecture(model: dict) -> tuple[str, str]:
     """One model config in words: the timm model, and where its norms are."""
     common = (f"stochastic depth {model.get('drop_path_rate')}, EMA "
@@ -341,6 +359,14 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
     lines += ["Per run (`runs.csv`):", "",
               rp.markdown_table(runs, {"arm": "arm", "seed": "seed", "status": "status",
                                        "test_top1": "top-1 (%)", "test_top5": "top-5 (%)"}), ""]
+    from normrepro.tasks.image_classification.data import DataLayoutError, dataset_spec
+
+    try:
+        n_classes = dataset_spec(dataset).num_classes
+    except DataLayoutError:  # (a data folder not named after a known data set)
+        n_classes = None
+    chance = _at_chance_text(at_chance_runs(runs, n_classes), n_classes) if n_classes else ""
+    lines += [chance, ""] if chance else []
     # ---- verdict
     # every architecture of the arms with its own patch size (ViT: patch, ConvNeXt: stem patch)
     models = sorted({(m["variant"], m.get("patch_size")) for m in
@@ -362,6 +388,7 @@ def dataset_section(ds_dir: Path, paper: Paper, report_path: Path, figures_dir: 
         "### Verdict", "",
         f"Measured in: {regime}." + (f" **Caveat**: {climbing}" if climbing else ""), "",
         *claim_text,
+        *([chance, ""] if chance else []),
         f"The paper's differences are from its {numbers['label']}, {spread}. The absolute "
         "accuracies are on different data sets and are not comparable; the sign and size of the "
         "effect are.", "",
