@@ -10,7 +10,14 @@ naive implementation would use.
     python -m normrepro.bench_norms --out results/bench/norms.json
     python -m normrepro.bench_norms --profile results/bench/norms-profile.md   # where the time goes
 
-`--profile` runs torch.profiler over 5 forward+backward calls of each norm (after warm-up) and
+Memory: by default the benchmark first makes glibc's malloc keep freed memory
+(`normrepro.runtime.keep_freed_memory`). Otherwise each (T, B, C) tensor of a call may be a fresh
+mapping that the kernel faults in and zeroes, a cost that depends on the process's allocation
+history more than on the norm: three runs of the same build once gave torch's LayerNorm against
+the registry's `layer` (the same ATen kernels) at 0.99x, 1.17x and 1.28x. `--malloc system`
+leaves malloc as it is; the JSON records the setting and each case's page faults per call.
+
+`--profile` runs torch.profiler over 20 forward+backward calls of each norm (after warm-up) and
 writes a summary (self time per call, ratio to LayerNorm) and the top operators by self time as a
 markdown file.
 """
@@ -18,6 +25,7 @@ markdown file.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from typing import Callable
@@ -28,6 +36,7 @@ from normrepro.errors import UserError, cli
 from normrepro.io import atomic_write_json, atomic_write_text
 from normrepro.norms import SEQUENCE_NORMS, create_norm
 from normrepro.provenance import env_info
+from normrepro.runtime import keep_freed_memory
 
 BASELINE = "torch.nn.LayerNorm"
 # The targets of issue 12 (fwd+bwd time / LayerNorm's, CPU).
@@ -80,8 +89,14 @@ def _inputs(T, B, C, pad_frac, device):
     return x0, gy, mask
 
 
-def bench(T=32, B=128, C=512, pad_frac=0.25, rounds=7, iters=20, device=None, names=None) -> dict:
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def bench(T=32, B=128, C=512, pad_frac=0.25, rounds=7, iters=20, device=None, names=None,
+          malloc="keep") -> dict:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    kept = keep_freed_memory() if malloc == "keep" else False
     x0, gy, mask = _inputs(T, B, C, pad_frac, device)
     cases = _cases(C, mask, device, names)
 
@@ -98,13 +113,17 @@ def bench(T=32, B=128, C=512, pad_frac=0.25, rounds=7, iters=20, device=None, na
     for case in cases.values():  # warm-up (and torch.compile)
         one(case)
     times = {name: [] for name in cases}
+    faults = dict.fromkeys(cases, 0)
     for _ in range(rounds):
         for name, case in cases.items():
+            before = _minor_faults()
             times[name].append(one(case))
+            faults[name] += _minor_faults() - before
     base = times[BASELINE]
     results = {
         name: {"ms_median": 1e3 * statistics.median(ts), "ms_min": 1e3 * min(ts),
-               "ratio_to_layernorm": statistics.median(t / b for t, b in zip(ts, base))}
+               "ratio_to_layernorm": statistics.median(t / b for t, b in zip(ts, base)),
+               "page_faults_per_call": faults[name] / (rounds * iters)}
         for name, ts in times.items()
     }
     for name, target in TARGETS.items():
@@ -116,13 +135,15 @@ def bench(T=32, B=128, C=512, pad_frac=0.25, rounds=7, iters=20, device=None, na
                 "interleaved rounds of (norm time / LayerNorm time in the same round)",
         "shape_TBC": [T, B, C], "pad_fraction": float(mask.float().mean()), "device": str(device),
         "threads": torch.get_num_threads(), "rounds": rounds, "iters_per_round": iters,
+        "malloc": ("glibc keeps freed memory (no fresh mappings to fault in)" if kept
+                   else "as the system sets it"),
         "targets": {k: f"<= {v}x LayerNorm" for k, v in TARGETS.items()},
         "results": results, "env": env_info(),
     }
 
 
 def profile(T=32, B=128, C=512, pad_frac=0.25, device=None, names=None, row_limit=12,
-            calls=5) -> str:
+            calls=20) -> str:
     """Markdown: per norm, torch.profiler's self time per forward+backward (over `calls` calls)
     and its top operators."""
     from torch.profiler import ProfilerActivity, profile as tprofile
@@ -166,6 +187,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                    help="keep: glibc's malloc keeps freed memory (default; see above); "
+                         "system: leave it as it is")
     ap.add_argument("--norms", default=None,
                     help="comma-separated subset of the cases (LayerNorm is always included)")
     args = ap.parse_args(argv)
@@ -174,12 +198,15 @@ def main(argv=None) -> int:
     names = [n.strip() for n in args.norms.split(",")] if args.norms else None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.malloc == "keep":  # (before the profile too: its calls allocate like the timed ones)
+        keep_freed_memory()
     if args.profile:
         atomic_write_text(args.profile, "# Where the time goes: forward+backward of each norm\n\n"
                           + profile(device=args.device, names=names))
         print(f"wrote {args.profile}")
     if args.out:
-        res = bench(rounds=args.rounds, iters=args.iters, device=args.device, names=names)
+        res = bench(rounds=args.rounds, iters=args.iters, device=args.device, names=names,
+                    malloc=args.malloc)
         atomic_write_json(args.out, res)
         for name, r in res["results"].items():
             target = f"  (target <= {r['target_ratio']}x)" if "target_ratio" in r else ""

@@ -4,6 +4,8 @@ JSON (ratios, targets) and the profiler summary."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -11,14 +13,30 @@ from normrepro import bench_norms
 
 
 def test_bench_reports_per_round_ratios_and_targets():
-    res = bench_norms.bench(T=4, B=4, C=8, rounds=2, iters=1, names=["batch", "rms"])
+    res = bench_norms.bench(T=4, B=4, C=8, rounds=2, iters=1, names=["batch", "rms"],
+                            malloc="system")
     assert set(res["results"]) == {bench_norms.BASELINE, "batch", "rms"}
+    assert res["malloc"] == "as the system sets it"
+    assert all(r["page_faults_per_call"] >= 0 for r in res["results"].values())
     assert res["results"][bench_norms.BASELINE]["ratio_to_layernorm"] == pytest.approx(1.0)
     for name in ("batch", "rms"):
         r = res["results"][name]
         assert r["target_ratio"] == bench_norms.TARGETS[name]
         assert r["meets_target"] == (r["ratio_to_layernorm"] <= r["target_ratio"])
     json.dumps(res, default=str)
+
+
+def test_default_keeps_freed_memory_in_its_own_process(tmp_path):
+    """The default run makes glibc keep freed memory (in the benchmark's own process): after
+    warm-up, repeated calls on the same shapes fault in no fresh pages."""
+    out = tmp_path / "norms.json"
+    subprocess.run([sys.executable, "-m", "normrepro.bench_norms", "--out", str(out), "--rounds", "2",
+                    "--iters", "3", "--norms", "layer"], check=True, capture_output=True)
+    res = json.loads(out.read_text())
+    if res["malloc"] == "as the system sets it":
+        pytest.skip("not glibc")
+    assert res["malloc"].startswith("glibc keeps freed memory")
+    assert res["results"]["layer"]["page_faults_per_call"] < 5
 
 
 def test_unknown_case_is_a_user_error():

@@ -408,16 +408,23 @@ def test_power_backward_statistics_include_padding_as_upstream():
 
 # ---------------------------------------------------------------- fused kernels: both paths
 
-@pytest.fixture(params=["compiled", "eager"])
+@pytest.fixture(params=["native", "compiled", "eager"])
 def kernel_mode(request, monkeypatch):
-    """Run a test once through torch.compile'd kernels and once through the eager fallback."""
-    from normrepro.norms import kernels
+    """Run a test through the native CPU kernels of `rms` and `dyt` (float32) with the
+    torch.compile'd kernels for the rest, through the compiled kernels only, and through the
+    eager fallback."""
+    from normrepro.norms import kernels, native
 
+    if request.param != "native":
+        monkeypatch.setattr(native, "ENABLED", False)
     if request.param == "eager":
         for k in kernels._KERNELS:
             monkeypatch.setattr(k, "_failed", True)
     elif kernels._COMPILE_MODE in ("0", "false", "no", "off"):
         pytest.skip("NORMREPRO_COMPILE=0")
+    elif request.param == "native" and not native.ENABLED:
+        pytest.skip("NORMREPRO_NATIVE=0")
+    monkeypatch.setattr(native, "RAN", set())
     return request.param
 
 
@@ -521,10 +528,43 @@ def test_fused_kernels_match_references_in_both_modes(kernel_mode):
             for affine in (True, False):
                 test_per_token_and_instance_norms_match_references(name, affine, T=Tn, B=Bn)
         test_dyt_matches_reference(T=Tn, B=Bn)
+        test_rms_float32_matches_reference(T=Tn, B=Bn)
     test_power_equals_paper_algorithm2_reparametrisation()
     if kernel_mode == "compiled":  # the compiled path really ran (no silent eager fallback)
         inactive = [k.fn.__name__ for k in kernels._KERNELS if not k.active]
         assert not inactive, f"kernels that fell back to eager: {inactive}"
+    if kernel_mode == "native":  # every native kernel ran (float32 rms and dyt)
+        from normrepro.norms import native
+
+        assert native.RAN == set(native._SOURCES), native.RAN
+    else:
+        from normrepro.norms import native
+
+        assert not native.RAN
+
+
+def test_rms_float32_matches_reference(T=T, B=B):
+    """`rms` in float32 (the native kernels on CPU, else the compiled or eager ones): output and
+    gradients against the float64 reference, with and without a weight."""
+    for affine in (True, False):
+        torch.manual_seed(1)
+        norm = create_norm("rms", C, affine=affine).train()
+        params = list(norm.parameters())
+        with torch.no_grad():
+            for p in params:
+                p.copy_(torch.rand_like(p) + 0.5)
+        x = (2 * torch.randn(T, B, C) + 0.5).requires_grad_(True)
+        gy = torch.randn(T, B, C)
+        y = norm(x)
+        grads = torch.autograd.grad(y, [x] + params, gy)
+        xr = x.detach().double().requires_grad_(True)
+        pr = [p.detach().double().requires_grad_(True) for p in params]
+        yr = _ref_per_token_and_instance("rms", xr, None, pr[0] if affine else None, None)
+        grads_r = torch.autograd.grad(yr, [xr] + pr, gy.double())
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y.double(), yr, rtol=1e-6, atol=1e-6)
+        for g, gr in zip(grads, grads_r):
+            torch.testing.assert_close(g.double(), gr, rtol=1e-5, atol=1e-5)
 
 
 def test_colsum_blocks_equal_a_plain_sum():

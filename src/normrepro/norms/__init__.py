@@ -47,7 +47,8 @@ One module per family, each documenting its norms:
 * `power`: `power_vanilla`, `power` (and where `power` follows the official code, not the paper);
 * `group`: `group`, `instance`, `group2d`, `instance2d`;
 * `dyt`: `dyt`, `dyt2d` (Dynamic Tanh, no statistics);
-* `kernels`: the compiled-kernel machinery the fused norms share (`eager_kernels()`), and
+* `kernels`: the compiled-kernel machinery the fused norms share (`eager_kernels()`),
+  `native`: hand-written one-pass CPU kernels of `rms` and `dyt` (float32), and
   `common`: input checks and dtype rules.
 """
 

@@ -3,7 +3,8 @@ through `torch.compile`, or eagerly), `eager_kernels()`, and the building blocks
 share (`_colsum`, `_real_rows`, `_moments`).
 
 `batch`, `batch_unmasked`, `bn_official` (training), `power`, `rms`, `group` and `instance` run as
-fused autograd functions: one compiled forward and one compiled backward kernel each
+fused autograd functions (`rms` and `dyt` on CPU in float32 through the hand-written one-pass
+kernels of `normrepro.norms.native` instead, compiled with the same toolchain): one compiled forward and one compiled backward kernel each
 (`torch.compile`; the same code runs eagerly when compilation is unavailable, under
 `eager_kernels()` or with `NORMREPRO_COMPILE=0`), with hand-written backward passes that reuse the
 forward's statistics. Each family's kernels live in its module (`layer`, `group`, `batch`,

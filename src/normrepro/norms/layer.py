@@ -2,7 +2,8 @@
 
 Each token (image position) is normalised over its own C channels, so padding cannot reach a
 real token and `pad_mask` is checked and otherwise ignored. `layer` and `layer2d` are torch's
-LayerNorm; `rms` (no mean subtraction) is a fused kernel (see `normrepro.norms.kernels`).
+LayerNorm; `rms` (no mean subtraction) is a fused kernel (see `normrepro.norms.kernels`; on CPU
+in float32 the one-pass kernels of `normrepro.norms.native`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normrepro.norms import native
 from normrepro.norms.common import _check_img, _check_seq, _compute_dtype
 from normrepro.norms.kernels import _Kernel, _ln_sum, _no_autocast
 
@@ -73,8 +75,12 @@ class _RMSNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        with _no_autocast(x.device.type):
-            y, rstd = _RMS_FWD(x, weight, eps=eps)
+        ctx.native = native.usable(x, weight)
+        if ctx.native:  # (CPU, float32: the one-pass kernels of `normrepro.norms.native`)
+            y, rstd = native.rms_forward(x, weight, eps)
+        else:
+            with _no_autocast(x.device.type):
+                y, rstd = _RMS_FWD(x, weight, eps=eps)
         ctx.save_for_backward(x, rstd, weight)
         return y
 
@@ -82,6 +88,9 @@ class _RMSNormFn(torch.autograd.Function):
     def backward(ctx, gy):
         x, rstd, weight = ctx.saved_tensors
         gy = gy.contiguous()
+        if ctx.native:
+            gx, gweight = native.rms_backward(gy, x, rstd, weight)
+            return gx, gweight if ctx.needs_input_grad[1] else None, None
         with _no_autocast(gy.device.type):
             gx = _RMS_BWD(gy, x, rstd, weight)
             gweight = _ln_sum(gy, x, rstd, weight) if ctx.needs_input_grad[1] else None
