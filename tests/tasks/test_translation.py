@@ -90,6 +90,36 @@ def _padded_batch(dictionary):
 
 # ------------------------------------------------------------------------------------ configs
 
+def test_optimizer_is_foreach_with_the_loops_bits(tiny_data):
+    """AdamW runs as torch's foreach implementation (faster on CPU), with the same bits as the
+    per-tensor loop that trained the earlier results, warm-up schedule and weight decay included."""
+    from normrepro.tasks.translation.module import TranslationModule
+
+    dictionary = load_dictionary(tiny_data)
+    optim = {"lr": 5e-3, "warmup_updates": 3, "weight_decay": 1e-4}
+    torch.manual_seed(0)
+    module = TranslationModule(tm.model_args_from_config(tiny_model_cfg(dropout=0.0), 3), dictionary, optim)
+    twin = copy.deepcopy(module)
+    opts = []
+    for m, foreach in ((module, True), (twin, False)):
+        cfg = m.configure_optimizers()
+        opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+        assert opt.defaults["foreach"] is True
+        for group in opt.param_groups:
+            group["foreach"] = foreach
+        opts.append((m, opt, sched))
+    src, prev = _padded_batch(dictionary)
+    lengths = (src != dictionary.pad()).sum(1)
+    for _ in range(5):
+        for m, opt, sched in opts:
+            out = m.model(src, lengths, prev)[0]
+            opt.zero_grad()
+            out.float().logsumexp(-1).mean().backward()
+            opt.step()
+            sched.step()
+    assert all(torch.equal(a, b) for a, b in zip(module.parameters(), twin.parameters()))
+
+
 def test_every_config_resolves_and_instantiates(tiny_data):
     dictionary = load_dictionary(tiny_data)
     profiles, arms = _choices(REPL / "profiles"), _choices(REPL / "arms")

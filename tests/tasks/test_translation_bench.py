@@ -17,10 +17,11 @@ def test_repeats_alternate_and_report_medians(tmp_path, monkeypatch):
     calls = []
     light = iter([100.0, 300.0, 200.0])
     fair = iter([100.0, 100.0, 400.0])
+    monkeypatch.setattr(bench, "keep_freed_memory", lambda: False)  # (malloc as it comes)
     monkeypatch.setattr(bench, "_lightning_tokens_per_s",
                         lambda cfg, data, warmup: calls.append("lightning") or next(light))
     monkeypatch.setattr(bench, "_fairseq_tokens_per_s",
-                        lambda cfg, data, warmup, total: calls.append("fairseq") or next(fair))
+                        lambda cfg, data, warmup, total, extra_env=None: calls.append("fairseq") or next(fair))
     out = tmp_path / "bench.json"
     result = bench.bench(tmp_path, REPL, "smoke", out, warmup=10, updates=20, repeats=3)
     assert calls == ["lightning", "fairseq", "fairseq", "lightning", "lightning", "fairseq"]
@@ -28,6 +29,27 @@ def test_repeats_alternate_and_report_medians(tmp_path, monkeypatch):
     assert result["ratio"] == 1.0                       # the median of the ratios
     assert result["lightning_tokens_per_s"] == 200.0 and result["fairseq_tokens_per_s"] == 100.0
     assert json.loads(out.read_text())["repeats"] == 3
+    assert "ratio_same_malloc" not in result and result["malloc"] == "both as the system sets it"
+
+
+def test_fairseq_also_runs_with_the_lightning_sides_malloc_setting(tmp_path, monkeypatch):
+    """Where the Lightning side keeps freed memory (glibc), fairseq-train runs a second time per
+    repeat with the same setting, passed as glibc's environment variables."""
+    calls = []
+    monkeypatch.setattr(bench, "keep_freed_memory", lambda: True)
+    monkeypatch.setattr(bench, "_lightning_tokens_per_s",
+                        lambda cfg, data, warmup: calls.append("lightning") or 120.0)
+
+    def fairseq(cfg, data, warmup, total, extra_env=None):
+        calls.append("kept" if extra_env else "fairseq")
+        assert extra_env in (None, bench.KEEP_FREED_MEMORY_ENV)
+        return 150.0 if extra_env else 100.0
+
+    monkeypatch.setattr(bench, "_fairseq_tokens_per_s", fairseq)
+    result = bench.bench(tmp_path, REPL, "smoke", tmp_path / "b.json", warmup=10, updates=20, repeats=2)
+    assert calls == ["lightning", "fairseq", "kept", "kept", "fairseq", "lightning"]
+    assert result["ratio"] == pytest.approx(1.2) and result["ratio_same_malloc"] == pytest.approx(0.8)
+    assert set(bench.KEEP_FREED_MEMORY_ENV) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
 
 
 def test_lightning_rates_are_per_interval_like_fairseq_wps():

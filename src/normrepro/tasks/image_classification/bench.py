@@ -40,6 +40,7 @@ from normrepro.tasks.image_classification.run_config import resolve_precision, u
 from normrepro.errors import cli
 from normrepro.io import atomic_write_json
 from normrepro.provenance import env_info
+from normrepro.runtime import keep_freed_memory
 
 TARGET_RATIO = 0.95
 BN_TARGET_RELATIVE_TO_LN = 0.8
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
         print("error: --warmup, --steps and --repeats must be >= 1", file=sys.stderr)
         return 2
+    keep_freed_memory()  # (as the train stage: both loops allocate as training does)
     try:
         result = bench(args.repl, args.profile, args.arms, args.warmup, args.steps, args.repeats,
                        args.set)

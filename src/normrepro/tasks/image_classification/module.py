@@ -296,7 +296,8 @@ def build_optimizer(cfg: dict, model: torch.nn.Module, world_size: int, total_st
     lr = scaled_lr(cfg, world_size)
     opt = torch.optim.AdamW(param_groups(model, float(optim["weight_decay"])), lr=lr,
                             betas=tuple(optim.get("betas", (0.9, 0.999))),
-                            eps=float(optim.get("eps", 1e-8)))
+                            eps=float(optim.get("eps", 1e-8)),
+                            foreach=True)  # (the same bits as torch's CPU default loop, faster)
     per_epoch = total_steps / max(1, max_epochs)
     warmup = int(round(float(optim.get("warmup_epochs", 0)) * per_epoch))
     min_ratio = float(optim.get("min_lr", 0.0)) / lr if lr > 0 else 0.0

@@ -19,7 +19,11 @@ On a GPU both use bf16 (Lightning `bf16-mixed`, fairseq `--bf16`); on CPU fp32 w
 thread count (`trainer.threads`; fairseq gets it as OMP_NUM_THREADS). The ratio is Lightning /
 fairseq; the issue's target is ≥ 1.0. Both run `--repeats` times (default 3), interleaved with the
 order alternating; the JSON keeps every repeat and reports the medians (`ratio`: the median of
-the repeats' ratios). 40 timed updates once moved the ratio by ±0.05 from run to run, hence 100
+the repeats' ratios). Memory: the Lightning side makes glibc's malloc keep freed memory, as the
+train stage does (`normrepro.runtime.keep_freed_memory`: without it this model spends about a
+fifth of its CPU time faulting in fresh pages); `fairseq-train` runs as it comes (`ratio`) and,
+on glibc, once more per repeat with the same setting through glibc's environment variables
+(`ratio_same_malloc`: the training loops compared on equal terms). 40 timed updates once moved the ratio by ±0.05 from run to run, hence 100
 updates and three repeats by default.
 """
 
@@ -39,6 +43,7 @@ import yaml
 
 from normrepro.errors import UserError, cli
 from normrepro.io import atomic_write_json
+from normrepro.runtime import KEEP_FREED_MEMORY_ENV, keep_freed_memory
 from normrepro.tasks.translation.common import quiet_logging
 
 
@@ -115,7 +120,8 @@ def _lightning_tokens_per_s(cfg: dict, data_dir: Path, warmup: int) -> float:
     return timer.rates.mean()
 
 
-def _fairseq_tokens_per_s(cfg: dict, data_dir: Path, warmup: int, total: int) -> float:
+def _fairseq_tokens_per_s(cfg: dict, data_dir: Path, warmup: int, total: int,
+                          extra_env: dict | None = None) -> float:
     import torch
 
     from normrepro.tasks.translation.crosscheck import fairseq_bin, fairseq_env, fairseq_train_args
@@ -125,7 +131,8 @@ def _fairseq_tokens_per_s(cfg: dict, data_dir: Path, warmup: int, total: int) ->
             "--max-update", str(total), "--disable-validation", "--no-save", "--log-interval", str(warmup)]
         if torch.cuda.is_available():
             cmd.append("--bf16")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=fairseq_env(cfg["trainer"].get("threads")))
+        env = dict(fairseq_env(cfg["trainer"].get("threads")), **(extra_env or {}))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"fairseq-train failed:\n{proc.stderr[-3000:]}")
     wps = []
@@ -157,17 +164,32 @@ def bench(data_dir: Path, repl_dir: Path, profile: str, out: Path, warmup: int, 
     # Repeats interleaved, the order alternating (Lightning first, then fairseq first, ...), so
     # that a slow spell of the machine does not fall on one side only; medians reported.
     lights, fairs = [], []
+    # The Lightning side allocates as the train stage does (`keep_freed_memory`); fairseq-train
+    # runs as it comes, and a third side runs it with the same malloc setting (glibc's variables).
+    kept = keep_freed_memory()
+    sides = ("lightning", "fairseq") + (("fairseq_kept",) if kept else ())
+    fairs_kept = []
     for k in range(repeats):
-        order = ("lightning", "fairseq") if k % 2 == 0 else ("fairseq", "lightning")
-        for side in order:
+        for side in (sides if k % 2 == 0 else sides[::-1]):
             if side == "lightning":
                 lights.append(_lightning_tokens_per_s(cfg, data_dir, warmup))
-            else:
+            elif side == "fairseq":
                 fairs.append(_fairseq_tokens_per_s(cfg, data_dir, warmup, total))
+            else:
+                fairs_kept.append(_fairseq_tokens_per_s(cfg, data_dir, warmup, total,
+                                                        KEEP_FREED_MEMORY_ENV))
+        same = f", with Lightning's malloc setting {fairs_kept[-1]:.0f}" if kept else ""
         print(f"[bench] repeat {k + 1}/{repeats}: Lightning {lights[-1]:.0f}, fairseq-train "
-              f"{fairs[-1]:.0f} target tokens/s ({lights[-1] / fairs[-1]:.3f})", flush=True)
+              f"{fairs[-1]:.0f}{same} target tokens/s ({lights[-1] / fairs[-1]:.3f})", flush=True)
     ratios = [a / b for a, b in zip(lights, fairs)]
     light, fair = statistics.median(lights), statistics.median(fairs)
+    same_malloc = {}
+    if kept:
+        r_kept = [a / b for a, b in zip(lights, fairs_kept)]
+        same_malloc = {"fairseq_same_malloc_tokens_per_s_each": fairs_kept,
+                       "fairseq_same_malloc_tokens_per_s": statistics.median(fairs_kept),
+                       "ratio_same_malloc_each": r_kept,
+                       "ratio_same_malloc": statistics.median(r_kept)}
     hw = hardware_info()
     result = {"device": hardware_summary(hw), "profile": profile, "data": str(data_dir),
               "model": {k: cfg["model"][k] for k in ("arch", "encoder_layers", "decoder_layers", "encoder_embed_dim",
@@ -179,7 +201,11 @@ def bench(data_dir: Path, repl_dir: Path, profile: str, out: Path, warmup: int, 
               "fairseq_tokens_per_s_each": fairs, "ratio_each": ratios,
               "lightning_tokens_per_s": light, "fairseq_tokens_per_s": fair,
               "ratio": statistics.median(ratios),   # the median of the repeats' ratios
-              "target_ratio": 1.0}
+              "target_ratio": 1.0,
+              "malloc": ("Lightning: glibc keeps freed memory, as in the train stage; fairseq-train: "
+                         "as it comes, and (`*_same_malloc`) with the same setting" if kept
+                         else "both as the system sets it"),
+              **same_malloc}
     atomic_write_json(out, result)
     return result
 

@@ -163,8 +163,12 @@ class TranslationModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim_cfg
         lr = float(o["lr"])
+        # foreach: one op per step for all tensors instead of a Python loop over them (torch's
+        # CPU default); the same bits (tests/tasks/test_optimizers.py), 2 ms less per update
+        # of the cpu model on one thread
         opt = torch.optim.AdamW(self.parameters(), lr=lr, betas=tuple(o.get("betas", (0.9, 0.98))),
-                                eps=float(o.get("eps", 1e-8)), weight_decay=float(o.get("weight_decay", 0.0)))
+                                eps=float(o.get("eps", 1e-8)), weight_decay=float(o.get("weight_decay", 0.0)),
+                                foreach=True)
         warm, init = int(o["warmup_updates"]), float(o.get("warmup_init_lr", 1e-7))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: inverse_sqrt_lr(n, lr, warm, init) / lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
