@@ -40,7 +40,7 @@ def keep_freed_memory(max_bytes: int = _KEEP_MMAP_THRESHOLD) -> bool:
     that depends on the process's allocation history more than on the kernel (a caching
     allocator such as jemalloc or tcmalloc, which PyTorch's CPU tuning guides suggest, avoids it
     the same way). The train and evaluate stages call it: the cpu translation model trained 15-25 %
-    faster with it (26,000 page faults per update before, none after), the image models about as
+    faster with it (26,000 page faults per update before, under 100 after), the image models about as
     fast as before, with the same bits (checked on a run of each). Returns whether
     it was applied (False off glibc, or with NORMREPRO_MALLOC=system). Numbers are unchanged;
     the process keeps its peak heap."""
