@@ -28,15 +28,18 @@ def test_bench_reports_per_round_ratios_and_targets():
 
 def test_default_keeps_freed_memory_in_its_own_process(tmp_path):
     """The default run makes glibc keep freed memory (in the benchmark's own process): after
-    warm-up, repeated calls on the same shapes fault in no fresh pages."""
+    warm-up, calls on the same shapes fault in less than one (T, B, C) tensor's pages (2,048)
+    per call on average, where mapping each call's output and gradient afresh would cost over
+    4,000. (The heap may still grow once in a round; `tests/test_runtime.py` checks that a
+    typical round faults in nothing.)"""
     out = tmp_path / "norms.json"
-    subprocess.run([sys.executable, "-m", "normrepro.bench_norms", "--out", str(out), "--rounds", "2",
-                    "--iters", "3", "--norms", "layer"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "normrepro.bench_norms", "--out", str(out), "--rounds", "3",
+                    "--iters", "5", "--norms", "layer"], check=True, capture_output=True)
     res = json.loads(out.read_text())
     if res["malloc"] == "as the system sets it":
         pytest.skip("not glibc")
     assert res["malloc"].startswith("glibc keeps freed memory")
-    assert res["results"]["layer"]["page_faults_per_call"] < 5
+    assert res["results"]["layer"]["page_faults_per_call"] < 2048
 
 
 def test_unknown_case_is_a_user_error():
