@@ -16,7 +16,9 @@ def _project() -> dict:
 
 
 def test_license_file_is_the_license_pyproject_declares():
-    license_name = _project()["license"]["text"]
+    project = _project()
+    license_name = project["license"]  # an SPDX expression (PEP 639), not the deprecated table
+    assert project["license-files"] == ["LICENSE"]
     assert (ROOT / "LICENSE").read_text(encoding="utf-8").splitlines()[0] == f"{license_name} License"
 
 
@@ -25,7 +27,7 @@ def test_citation_matches_pyproject_and_cites_every_replicated_paper():
     project = _project()
     assert cff["cff-version"] == "1.2.0"
     assert str(cff["version"]) == project["version"]
-    assert cff["license"] == project["license"]["text"]
+    assert cff["license"] == project["license"]
     cited = {ref["url"] for ref in cff["references"]}
     for paper_yaml in sorted(ROOT.glob("replications/*/paper.yaml")):
         url = yaml.safe_load(paper_yaml.read_text(encoding="utf-8"))["paper"]["url"]
