@@ -4,8 +4,8 @@ share (`_colsum`, `_real_rows`, `_moments`).
 
 `batch`, `batch_unmasked`, `bn_official` (training), `power`, `rms`, `group` and `instance` run as
 fused autograd functions (`rms` and `dyt` on CPU in float32 through the hand-written one-pass
-kernels of `normrepro.norms.native` instead, compiled with the same toolchain): one compiled forward and one compiled backward kernel each
-(`torch.compile`; the same code runs eagerly when compilation is unavailable, under
+kernels of `normrepro.norms.native` instead, compiled with the same toolchain): one compiled
+forward and one compiled backward kernel each (`torch.compile`; the same code runs eagerly when compilation is unavailable, under
 `eager_kernels()` or with `NORMREPRO_COMPILE=0`), with hand-written backward passes that reuse the
 forward's statistics. Each family's kernels live in its module (`layer`, `group`, `batch`,
 `power`). Both paths are checked against straightforward float64 references and transcriptions

@@ -23,8 +23,8 @@ the repeats' ratios). Memory: the Lightning side makes glibc's malloc keep freed
 train stage does (`normrepro.runtime.keep_freed_memory`: without it this model spends about a
 fifth of its CPU time faulting in fresh pages); `fairseq-train` runs as it comes (`ratio`) and,
 on glibc, once more per repeat with the same setting through glibc's environment variables
-(`ratio_same_malloc`: the training loops compared on equal terms). 40 timed updates once moved the ratio by ±0.05 from run to run, hence 100
-updates and three repeats by default.
+(`ratio_same_malloc`: the training loops compared on equal terms). 40 timed updates once moved
+the ratio by ±0.05 from run to run, hence 100 updates and three repeats by default.
 """
 
 from __future__ import annotations
